@@ -1,0 +1,27 @@
+"""Shared test setup: no wandb, deterministic torch, small thread count for 2-core machines."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import evalkit  # noqa: E402,F401  (registers evalkit's variants into sae-lens)
+
+
+@pytest.fixture(autouse=True)
+def _seed_torch() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    """An isolated EVALKIT_CACHE for tests that build world artefacts."""
+    d = tmp_path / "cache"
+    monkeypatch.setenv("EVALKIT_CACHE", str(d))
+    return d
