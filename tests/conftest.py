@@ -14,6 +14,10 @@ import torch  # noqa: E402
 import evalkit  # noqa: E402,F401  (registers evalkit's variants into sae-lens)
 
 
+# Tiny tensors run many times faster on one thread than on two contended cores.
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seed_torch() -> None:
     torch.manual_seed(0)

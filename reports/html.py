@@ -1,0 +1,143 @@
+"""report.html: one self-contained file (plotly.js inlined once, figures as JSON), rendered by jinja2 with
+autoescape on, so every string from the data arrives in the page as text."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import metadata
+from importlib.resources import files
+from pathlib import Path
+
+import jinja2
+import pandas as pd
+from markupsafe import Markup
+
+from reports.cards import cards_section
+from reports.load import RunTables, load_run
+from reports.matched import build_families, compute_matched, write_matched
+from reports.plots import Figure
+from reports.sections import SECTION_BUILDERS, ReportData
+from reports.views import Section
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RenderedSection:
+    """A Section plus its figures serialised for the page."""
+
+    id: str
+    title: str
+    intro: str
+    notes: list[str]
+    tables: list[object]
+    cards: list[object]
+    figure_json: list[tuple[str, Markup]]
+
+
+@lru_cache(maxsize=1)
+def plotly_bundle() -> str:
+    """plotly.js from the installed plotly package (its offline bundle), made safe to sit inside <script>."""
+    from plotly.offline import get_plotlyjs
+
+    return get_plotlyjs().replace("</script", "<\\/script")
+
+
+def _asset(name: str) -> str:
+    return files("reports").joinpath("assets", name).read_text(encoding="utf-8")
+
+
+def _json_safe(obj: object) -> object:
+    """NaN/inf -> null everywhere: JSON.parse rejects NaN."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def figure_json(fig: Figure) -> Markup:
+    """JSON for a <script type="application/json"> block.
+
+    <, > and & are escaped, so no data string can close the tag.
+    """
+    text = json.dumps(_json_safe(fig), separators=(",", ":"), ensure_ascii=False)
+    text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return Markup(text)
+
+
+def _render_section(section: Section) -> RenderedSection:
+    return RenderedSection(
+        id=section.id,
+        title=section.title,
+        intro=section.intro,
+        notes=section.notes,
+        tables=list(section.tables),
+        cards=list(section.cards),
+        figure_json=[(fig_id, figure_json(fig)) for fig_id, fig in section.figures],
+    )
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("reports", "templates"),
+        autoescape=True,  # every data string is escaped; only the bundled assets are marked safe
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def _version() -> str:
+    try:
+        return metadata.version("evalkit")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def render_report(tables: RunTables, matched: pd.DataFrame, match_by: str) -> str:
+    data = ReportData(tables=tables, families=build_families(tables), matched=matched, match_by=match_by)
+    sections = [builder(data) for builder in SECTION_BUILDERS] + [cards_section(tables)]
+    return (
+        _environment()
+        .get_template("report.html.j2")
+        .render(
+            title="evalkit report",
+            version=_version(),
+            sources=[str(d) for d in tables.dirs],
+            n_saes=len(tables.saes),
+            sections=[_render_section(s) for s in sections],
+            css=Markup(_asset("report.css")),
+            report_js=Markup(_asset("report.js")),
+            plotly_js=Markup(plotly_bundle()),
+        )
+    )
+
+
+def write_report(
+    out_dir: str | Path,
+    sources: Sequence[str | Path] | None = None,
+    by: str = "fvu",
+    targets: Sequence[float] | None = None,
+) -> Path:
+    """Read the run folder(s) (default: out_dir itself), write matched.csv and report.html into out_dir.
+
+    This is the single call `evalkit demo`, `evalkit report` and `evalkit compare` make after results exist.
+    """
+    out = Path(out_dir)
+    tables = load_run(*(sources or [out]))
+    matched = compute_matched(tables, by=by, targets=targets)
+    write_matched(matched, out)
+    path = out / "report.html"
+    tmp = path.with_suffix(".html.tmp")
+    tmp.write_text(render_report(tables, matched, by), encoding="utf-8")
+    tmp.replace(path)
+    log.info("report: %s", path)
+    return path

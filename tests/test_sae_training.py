@@ -1,0 +1,141 @@
+"""Training classes: built from a config dict through sae-lens' registry, trained a few steps on random data,
+saved as an inference SAE that `SAE.load_from_disk` (and `load_saes`) rebuild with the same outputs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+from sae_lens import SAE
+from sae_lens.config import SAETrainerConfig
+from sae_lens.registry import get_sae_training_class
+from sae_lens.saes.sae import TrainingSAE, TrainStepInput
+from sae_lens.training.sae_trainer import SAETrainer
+
+from evalkit.sae import AUX_K_COEFFICIENT, load_saes, score
+from evalkit.sae.variants import threshold_relu
+
+D_IN, D_SAE, BATCH = 16, 48, 64
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny tensors on a shared 2-core machine: one thread is ~20x faster than two competing ones."""
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n_threads)
+
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    "cosine_topk": {"architecture": "cosine", "k": 4, "init_a": 0.5},
+    "cosine_batchtopk_per_feature": {
+        "architecture": "cosine",
+        "k": 4,
+        "activation": "batchtopk",
+        "per_feature": True,
+    },
+    "topafa": {"architecture": "topafa", "afa_loss_coefficient": 0.1},
+    "aligned_topk": {"architecture": "aligned_topk", "k": 4},
+}
+INFERENCE = {
+    "cosine_topk": ("cosine", "cosine", False),
+    "cosine_batchtopk_per_feature": ("cosine", "cosine", False),
+    "topafa": ("topafa", "topafa", False),
+    "aligned_topk": ("topk", "topk", True),
+}
+
+
+def build(name: str) -> TrainingSAE[Any]:
+    cfg_dict = {"d_in": D_IN, "d_sae": D_SAE, **CONFIGS[name]}
+    sae_cls, cfg_cls = get_sae_training_class(cfg_dict["architecture"])
+    cfg = cfg_cls.from_dict(cfg_dict)
+    cfg.metadata.hook_name, cfg.metadata.model_name = "blocks.0.hook_resid_post", "tiny"
+    return sae_cls(cfg)
+
+
+def data(seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(BATCH, D_IN, generator=gen) * (1 + 3 * torch.rand(BATCH, 1, generator=gen))
+
+
+def train(sae: TrainingSAE[Any], steps: int) -> list[float]:
+    opt = torch.optim.Adam(sae.parameters(), lr=3e-3)
+    dead_F = torch.zeros(D_SAE, dtype=torch.bool)
+    dead_F[: D_SAE // 4] = True  # exercise the aux-k loss
+    losses = []
+    for step in range(steps):
+        out = sae.training_forward_pass(TrainStepInput(data(step % 4), {}, dead_F, step, False))
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(float(out.loss.detach()))
+    return losses
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_train_save_and_reload(name: str, tmp_path) -> None:
+    sae = build(name)
+    losses = train(sae, 40)
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-4:]) < sum(losses[:4]), f"loss did not fall: {losses[:4]} → {losses[-4:]}"
+    sae.save_inference_model(tmp_path / name)
+    reloaded = SAE.load_from_disk(tmp_path / name)
+    [loaded] = load_saes(tmp_path / name)
+    sae_lens_arch, evalkit_arch, aligned = INFERENCE[name]
+    assert reloaded.cfg.architecture() == sae_lens_arch
+    assert (loaded.architecture, loaded.aligned) == (evalkit_arch, aligned)
+    x = data(99)
+    with torch.no_grad():
+        if name == "cosine_batchtopk_per_feature":  # inference swaps batch top-k for the learned threshold θ
+            assert float(reloaded.threshold) > 0
+            expected = threshold_relu(score(sae, x), reloaded.threshold)
+        else:
+            expected = sae.encode(x)
+        torch.testing.assert_close(reloaded.encode(x), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(reloaded.decode(expected), sae.decode(expected), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(loaded.sae(x), reloaded(x))
+        # the training class and its saved inference SAE agree on the pre-activation score too
+        torch.testing.assert_close(score(reloaded, x), score(sae, x), rtol=1e-5, atol=1e-5)
+
+
+def test_aligned_training_holds_the_constraint_exactly(tmp_path) -> None:
+    sae = build("aligned_topk")
+    train(sae, 20)
+    sae.save_inference_model(tmp_path / "aligned")
+    [loaded] = load_saes(tmp_path / "aligned")
+    W_enc, W_dec = loaded.sae.W_enc, loaded.sae.W_dec
+    torch.testing.assert_close(W_dec.norm(dim=-1), torch.ones(D_SAE))
+    torch.testing.assert_close((W_enc.T * W_dec).sum(-1), torch.ones(D_SAE))
+    assert loaded.cfg["metadata"]["aligned"] is True
+    assert not torch.allclose(W_enc.T, W_dec), (
+        "the encoder moved off the decoder directions while staying aligned"
+    )
+
+
+def test_aux_loss_is_on_with_the_papers_coefficient() -> None:
+    for name in CONFIGS:
+        assert build(name).cfg.aux_loss_coefficient == AUX_K_COEFFICIENT == 1 / 32
+    sae = build("aligned_topk")
+    dead_F = torch.ones(D_SAE, dtype=torch.bool)
+    out = sae.training_forward_pass(TrainStepInput(data(0), {}, dead_F, 0, False))
+    assert float(out.losses["auxiliary_reconstruction_loss"]) > 0
+    out = sae.training_forward_pass(TrainStepInput(data(0), {}, None, 0, False))
+    assert float(out.losses["auxiliary_reconstruction_loss"]) == 0
+
+
+def test_cosine_trains_under_sae_lens_trainer(tmp_path) -> None:
+    sae = build("cosine_topk")
+    cfg = SAETrainerConfig(
+        total_training_samples=BATCH * 30, train_batch_size_samples=BATCH, lr=3e-3, lr_end=3e-3
+    )
+    batches = (data(i) for i in range(10**6))
+    before = sae.a.detach().clone()
+    trained = SAETrainer(cfg=cfg, sae=sae, data_provider=batches).fit()
+    assert not torch.equal(trained.a.detach(), before), "the exponent a is learned"
+    trained.save_inference_model(tmp_path / "cos")
+    [loaded] = load_saes(tmp_path / "cos")
+    assert loaded.architecture == "cosine"
+    torch.testing.assert_close(loaded.sae.a, trained.a.detach())
