@@ -1,0 +1,115 @@
+"""AFA expected-activation error and decoder quasi-orthogonality (seed 003).
+
+Per token, z = x and f̃ = [f_1‖d_1‖, …, f_h‖d_h‖, ‖b_dec‖] (the decoder bias is one more unit atom), h = d_sae.
+AFA predicts ‖f̃‖ ≈ ‖z‖ for a quasi-orthogonal dictionary; ε_LBO = |‖z‖² − ‖f̃‖²| / ((h − 1)‖f̃‖²) is the
+smallest ε consistent with its bound. One float per token is kept for the median and p90 (allowed by the
+spec).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from metrics.base import EvalContext, MetricValue, SaeBatch, stream_metric, weights_metric
+
+DECODER_BLOCK = 1024
+"""Rows per block of the decoder Gram matrix: memory is DECODER_BLOCK × h floats, never h × h."""
+
+
+def atom_norms(sae: torch.nn.Module) -> torch.Tensor:
+    """Norm of the vector each unit of f_i writes [d_sae] (float64).
+
+    That is ‖d_i‖, except for sae-lens top-k SAEs with `rescale_acts_by_decoder_norm`: their decode
+    divides f_i by ‖d_i‖ first, so each unit writes d_i/‖d_i‖.
+    """
+    norms_F = sae.W_dec.detach().double().norm(dim=1)
+    if getattr(sae.cfg, "rescale_acts_by_decoder_norm", False):
+        return torch.ones_like(norms_F)
+    return norms_F
+
+
+def code_norms(f_TF: torch.Tensor, dec_norms_F: torch.Tensor, b_dec_norm: float) -> torch.Tensor:
+    """‖f̃‖ per token [T] (float64): √(Σ_i (f_i‖d_i‖)² + ‖b_dec‖²)."""
+    scaled_TF = f_TF.double() * dec_norms_F.double().to(f_TF.device)
+    return (scaled_TF.pow(2).sum(dim=1) + b_dec_norm**2).sqrt()
+
+
+def eps_lbo(z_norms_T: torch.Tensor, code_norms_T: torch.Tensor, h: int) -> torch.Tensor:
+    """ε_LBO per token = |‖z‖² − ‖f̃‖²| / ((h − 1)‖f̃‖²); callers drop tokens with ‖f̃‖ = 0 first."""
+    z2, c2 = z_norms_T.double().pow(2), code_norms_T.double().pow(2)
+    return (z2 - c2).abs() / ((h - 1) * c2)
+
+
+@stream_metric(
+    "afa_eps", group="afa",
+    produces=("afa_eps_lbo_median", "afa_eps_lbo_mean", "afa_eps_lbo_p90", "afa_rel_error_median",
+              "afa_zero_code_tokens"),
+)
+class AfaEpsilon:
+    """ε_LBO and the relative norm error |‖f̃‖ − ‖z‖|/‖z‖ per token, summarised at the end."""
+
+    def __init__(self, sae: torch.nn.Module, ctx: EvalContext) -> None:
+        self.h = int(sae.W_dec.shape[0])
+        self.dec_norms_F = atom_norms(sae)
+        self.b_dec_norm = float(sae.b_dec.detach().double().norm())
+        self.eps: list[torch.Tensor] = []
+        self.rel_err: list[torch.Tensor] = []
+        self.zero_code_tokens = 0
+
+    def update(self, batch: SaeBatch) -> None:
+        z_T = batch.norms_T.double()
+        c_T = code_norms(batch.f_TF, self.dec_norms_F, self.b_dec_norm)
+        nonzero_T = c_T > 0
+        self.zero_code_tokens += int((~nonzero_T).sum())
+        self.eps.append(eps_lbo(z_T[nonzero_T], c_T[nonzero_T], self.h).float().cpu())
+        # Zero-code tokens are excluded here too, so both summaries describe the same tokens.
+        kept = nonzero_T & (z_T > 0)
+        self.rel_err.append(((c_T[kept] - z_T[kept]).abs() / z_T[kept]).float().cpu())
+
+    def compute(self) -> list[MetricValue]:
+        out = [MetricValue("afa_zero_code_tokens", float(self.zero_code_tokens))]
+        eps_N = torch.cat(self.eps).double() if self.eps else torch.empty(0, dtype=torch.float64)
+        if eps_N.numel() > 0 and self.h > 1:
+            out += [
+                MetricValue("afa_eps_lbo_median", float(eps_N.quantile(0.5))),
+                MetricValue("afa_eps_lbo_mean", float(eps_N.mean())),
+                MetricValue("afa_eps_lbo_p90", float(eps_N.quantile(0.9))),
+            ]
+        rel_N = torch.cat(self.rel_err).double() if self.rel_err else torch.empty(0, dtype=torch.float64)
+        if rel_N.numel() > 0:
+            out.append(MetricValue("afa_rel_error_median", float(rel_N.quantile(0.5))))
+        return out
+
+
+def unit_rows(W_FD: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to unit norm (zero rows stay zero), float32."""
+    W = W_FD.detach().float()
+    return W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def decoder_eps(W_dec_FD: torch.Tensor, block: int = DECODER_BLOCK) -> tuple[float, float]:
+    """(max, mean) over i ≠ j of |⟨d̂_i, d̂_j⟩|, from upper-triangle blocks of the Gram matrix.
+
+    Only blocks (I, J) with J ≥ I are computed (the matrix is symmetric), and in the diagonal blocks only the
+    strict upper triangle counts, so every unordered pair is seen exactly once.
+    """
+    d_hat = unit_rows(W_dec_FD)
+    h = d_hat.shape[0]
+    if h < 2:
+        return 0.0, 0.0
+    total, largest = 0.0, 0.0
+    for start in range(0, h, block):
+        rows = d_hat[start:start + block]
+        gram = (rows @ d_hat[start:].T).abs_()
+        # The leading square is the diagonal block: keep only j > i there.
+        n = rows.shape[0]
+        gram[:, :n].triu_(diagonal=1)
+        total += float(gram.sum(dim=1).double().sum())  # row sums in float32: no float64 copy of the block
+        largest = max(largest, float(gram.max()))
+    return largest, total / (h * (h - 1) / 2)
+
+
+@weights_metric("decoder_eps", group="afa", produces=("decoder_eps_max", "decoder_eps_mean"))
+def decoder_eps_metric(sae: torch.nn.Module, ctx: EvalContext) -> list[MetricValue]:
+    eps_max, eps_mean = decoder_eps(sae.W_dec)
+    return [MetricValue("decoder_eps_max", eps_max), MetricValue("decoder_eps_mean", eps_mean)]

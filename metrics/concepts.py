@@ -1,0 +1,67 @@
+"""Concept alignment against token-level ground-truth labels (seed 000's "human-recognizable concepts").
+
+Per (latent, label) we stream the count of tokens where the latent fires and the label is present. F1 of
+"label present" as a predictor of "latent fires" is 2·TP / (n_label + n_fire). The best label per latent is
+emitted as its index (`concept_best_index`); the runner maps it to a name through ctx.label_names for
+features.csv's `concept_best`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from evalkit.errors import EvalkitInputError
+from metrics.base import EvalContext, MetricValue, SaeBatch, stream_metric
+
+ALIGNED_F1 = 0.5
+
+
+def f1_matrix(tp_FL: torch.Tensor, fires_F: torch.Tensor, label_counts_L: torch.Tensor) -> torch.Tensor:
+    """F1 [d_sae, n_labels] = 2·TP/(n_fire + n_label); 0 where both counts are 0."""
+    denom = fires_F.double().unsqueeze(1) + label_counts_L.double().unsqueeze(0)
+    return torch.where(denom > 0, 2 * tp_FL.double() / denom.clamp_min(1), torch.zeros_like(denom))
+
+
+@stream_metric(
+    "concepts", group="concepts",
+    produces=("concept_aligned_frac", "concept_coverage"),
+    per_latent=("concept_best_f1", "concept_best_index"),
+    requires=("labels",),
+)
+class ConceptAlignment:
+    """Streams co-occurrence counts of latent firing and label presence."""
+
+    def __init__(self, sae: torch.nn.Module, ctx: EvalContext) -> None:
+        self.d_sae = int(sae.W_dec.shape[0])
+        self.tp_FL: torch.Tensor | None = None
+        self.fires_F = torch.zeros(self.d_sae, dtype=torch.float64)
+        self.label_counts_L: torch.Tensor | None = None
+
+    def update(self, batch: SaeBatch) -> None:
+        if batch.labels_TL is None:
+            raise EvalkitInputError("--labels", "the concepts metrics need token labels; this batch has none")
+        fires_TF = (batch.f_TF != 0).double()
+        labels_TL = batch.labels_TL.double().to(fires_TF.device)
+        if self.tp_FL is None:
+            self.tp_FL = torch.zeros(self.d_sae, labels_TL.shape[1], dtype=torch.float64)
+            self.label_counts_L = torch.zeros(labels_TL.shape[1], dtype=torch.float64)
+        assert self.label_counts_L is not None
+        self.tp_FL += (fires_TF.T @ labels_TL).cpu()
+        self.fires_F += fires_TF.sum(dim=0).cpu()
+        self.label_counts_L += labels_TL.sum(dim=0).cpu()
+
+    def compute(self) -> list[MetricValue]:
+        if self.tp_FL is None or self.label_counts_L is None or self.tp_FL.shape[1] == 0:
+            return []
+        f1_FL = f1_matrix(self.tp_FL, self.fires_F, self.label_counts_L)
+        best_f1_F, best_label_F = f1_FL.max(dim=1)
+        alive = self.fires_F > 0
+        covered_L = f1_FL.max(dim=0).values >= ALIGNED_F1
+        out = [MetricValue("concept_coverage", float(covered_L.double().mean()))]
+        if bool(alive.any()):
+            aligned = (best_f1_F[alive] >= ALIGNED_F1).double().mean()
+            out.append(MetricValue("concept_aligned_frac", float(aligned)))
+        for i in alive.nonzero().flatten().tolist():  # a dead latent has no best concept
+            out.append(MetricValue("concept_best_f1", float(best_f1_F[i]), latent=i))
+            out.append(MetricValue("concept_best_index", float(best_label_F[i]), latent=i))
+        return out

@@ -1,0 +1,214 @@
+"""Norm detectors and norm-stratified reconstruction (seeds 000/001).
+
+A norm detector fires because the input is large, not because of its direction. Per latent we stream: firing
+counts, firings in the top norm quartile, firings that survive rescaling x to the median norm, firings at
+position 0 or on outlier tokens, and a histogram of the firing tokens' norms (for the AUROC).
+
+AUROC approximation **(evalkit)**: token norms are put in fixed bins, uniform in
+z = (log n − log m)/log(q75/q25) over z ∈ [−8, 8) (512 bins, so one bin is 1/32 of the log-IQR; tokens beyond
+the range fall in the end bins). The AUC is computed exactly from the per-latent firing histogram and the
+global histogram, with pairs inside one bin counted as ties (½). The error for a latent is therefore at most
+½·Σ_b pos_b·neg_b/(P·N), half the share of (firing, silent) token pairs that share a bin, and far smaller in
+practice. Memory: d_sae × 512 int32.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from evalkit.registry import Registry
+from metrics.alignment import LINEAR_ARCHITECTURES, architecture_of, cosine_params
+from metrics.base import EvalContext, MetricValue, SaeBatch, stream_metric, weights_metric
+
+MIN_FIRINGS = 20
+"""Only latents with at least this many firings are classified as detectors."""
+ND1_Q4_SHARE = 0.8
+ND2_AUROC = 0.9
+ND3_SURVIVAL = 0.2
+SINK_SHARE = 0.5
+OUTLIER_MULTIPLE = 10.0
+"""Tokens with ‖x‖ > this × the median norm are outliers (and count toward sink detectors)."""
+N_BINS = 512
+Z_RANGE = 8.0
+AUROC_LATENT_CHUNK = 4096
+
+
+def norm_bins(norms_T: torch.Tensor, ctx: EvalContext) -> torch.Tensor:
+    """Histogram bin [T] (int64) of each token norm on the fixed robust log scale described above."""
+    spread_known = ctx.norm_q25 > 0 and ctx.norm_q75 > ctx.norm_q25
+    log_iqr = math.log(ctx.norm_q75 / ctx.norm_q25) if spread_known else 0.0
+    scale = log_iqr if log_iqr > 1e-6 else 1e-3  # all norms (nearly) equal: any fine scale will do
+    z_T = (norms_T.double().clamp_min(1e-30).log() - math.log(max(ctx.median_norm, 1e-30))) / scale
+    bins_T = torch.floor((z_T + Z_RANGE) / (2 * Z_RANGE) * N_BINS)
+    return bins_T.clamp(0, N_BINS - 1).long()
+
+
+def auroc_from_histograms(pos_FB: torch.Tensor, total_B: torch.Tensor) -> torch.Tensor:
+    """ROC-AUC per latent of the binned norm, ties counted ½; NaN unless the latent has both classes."""
+    out = []
+    total_B = total_B.double()
+    for start in range(0, pos_FB.shape[0], AUROC_LATENT_CHUNK):
+        pos = pos_FB[start:start + AUROC_LATENT_CHUNK].double()
+        neg = total_B.unsqueeze(0) - pos
+        neg_below = torch.cumsum(neg, dim=1) - neg
+        wins = (pos * (neg_below + 0.5 * neg)).sum(dim=1)
+        n_pairs = pos.sum(dim=1) * neg.sum(dim=1)
+        out.append(torch.where(n_pairs > 0, wins / n_pairs.clamp_min(1), torch.full_like(wins, math.nan)))
+    return torch.cat(out)
+
+
+def quartile_index(norms_T: torch.Tensor, ctx: EvalContext) -> torch.Tensor:
+    """0..3 for Q1 (n < q25), Q2 (q25 ≤ n < median), Q3 (median ≤ n < q75), Q4 (n ≥ q75)."""
+    cuts = torch.tensor([ctx.norm_q25, ctx.median_norm, ctx.norm_q75], dtype=norms_T.dtype,
+                        device=norms_T.device)
+    return torch.bucketize(norms_T, cuts, right=True)
+
+
+class _QuartileSums:
+    """Running sums per norm quartile for fvu_norm_q*, rel_mse_norm_q* and l2_ratio_norm_q4 (float64)."""
+
+    def __init__(self) -> None:
+        self.count_Q = torch.zeros(4, dtype=torch.float64)
+        self.sq_norm_Q = torch.zeros(4, dtype=torch.float64)
+        self.err_Q = torch.zeros(4, dtype=torch.float64)
+        self.rel_err_Q = torch.zeros(4, dtype=torch.float64)
+        self.l2_ratio_Q = torch.zeros(4, dtype=torch.float64)
+        self.sum_x_QD: torch.Tensor | None = None
+
+    def update(self, x_TD: torch.Tensor, x_hat_TD: torch.Tensor, q_T: torch.Tensor) -> None:
+        # float64 throughout: the quartile spread is a difference of large sums.
+        x, x_hat, q = x_TD.double().cpu(), x_hat_TD.double().cpu(), q_T.cpu()
+        sq_norm_T = x.pow(2).sum(dim=1)
+        err_T = (x - x_hat).pow(2).sum(dim=1)
+        if self.sum_x_QD is None:
+            self.sum_x_QD = torch.zeros(4, x.shape[1], dtype=torch.float64)
+        self.count_Q.index_add_(0, q, torch.ones_like(sq_norm_T))
+        self.sq_norm_Q.index_add_(0, q, sq_norm_T)
+        self.err_Q.index_add_(0, q, err_T)
+        self.rel_err_Q.index_add_(0, q, err_T / sq_norm_T.clamp_min(1e-60))
+        self.l2_ratio_Q.index_add_(0, q, x_hat.norm(dim=1) / sq_norm_T.sqrt().clamp_min(1e-30))
+        self.sum_x_QD.index_add_(0, q, x)
+
+    def compute(self) -> list[MetricValue]:
+        out = []
+        for j in range(4):
+            n_j = float(self.count_Q[j])
+            if n_j == 0 or self.sum_x_QD is None:
+                continue
+            spread = float(self.sq_norm_Q[j]) - float(self.sum_x_QD[j].pow(2).sum()) / n_j
+            if spread > 0:
+                out.append(MetricValue(f"fvu_norm_q{j + 1}", float(self.err_Q[j]) / spread))
+            out.append(MetricValue(f"rel_mse_norm_q{j + 1}", float(self.rel_err_Q[j]) / n_j))
+        if float(self.count_Q[3]) > 0:
+            out.append(MetricValue("l2_ratio_norm_q4", float(self.l2_ratio_Q[3] / self.count_Q[3])))
+        return out
+
+
+@stream_metric(
+    "norm", group="norm",
+    produces=("norm_detectors", "norm_detectors_q4", "norm_detectors_auroc", "norm_detectors_renorm",
+              "sink_detectors", "fvu_norm_q1", "fvu_norm_q2", "fvu_norm_q3", "fvu_norm_q4", "rel_mse_norm_q1",
+              "rel_mse_norm_q2", "rel_mse_norm_q3", "rel_mse_norm_q4", "l2_ratio_norm_q4",
+              "norm_outlier_tokens"),
+    per_latent=("norm_q4_share", "norm_auroc", "norm_renorm_survival"),
+    requires=("positions",),
+)
+class NormDetectors:
+    """Streams per-latent firing statistics against token norms; see the module docstring."""
+
+    def __init__(self, sae: torch.nn.Module, ctx: EvalContext) -> None:
+        self.sae, self.ctx = sae, ctx
+        d_sae = int(sae.W_dec.shape[0])
+        self.fires_F = torch.zeros(d_sae, dtype=torch.int64)
+        self.q4_F = torch.zeros(d_sae, dtype=torch.int64)
+        self.survive_F = torch.zeros(d_sae, dtype=torch.int64)
+        self.sink_F = torch.zeros(d_sae, dtype=torch.int64)
+        self.outlier_fires_F = torch.zeros(d_sae, dtype=torch.int64)
+        self.max_position = 0
+        self.hist_FB = torch.zeros(d_sae * N_BINS, dtype=torch.int32)
+        self.total_B = torch.zeros(N_BINS, dtype=torch.int64)
+        self.outliers = 0
+        self.quartiles = _QuartileSums()
+
+    @torch.no_grad()
+    def _renormed_fires(self, x_TD: torch.Tensor, norms_T: torch.Tensor) -> torch.Tensor:
+        """Which latents fire once each token is rescaled to the median norm (x·m/n) and re-encoded."""
+        scale_T = self.ctx.median_norm / norms_T.clamp_min(1e-30)
+        return self.sae.encode(x_TD * scale_T.unsqueeze(1)) != 0
+
+    def update(self, batch: SaeBatch) -> None:
+        norms_T = batch.norms_T
+        fires_TF = batch.f_TF != 0
+        q_T = quartile_index(norms_T, self.ctx)
+        outlier_T = norms_T > OUTLIER_MULTIPLE * self.ctx.median_norm
+        sink_T = (batch.positions_T == 0) | outlier_T
+        self.outliers += int(outlier_T.sum())
+        self.fires_F += fires_TF.sum(dim=0).cpu()
+        self.q4_F += fires_TF[q_T == 3].sum(dim=0).cpu()
+        self.sink_F += fires_TF[sink_T].sum(dim=0).cpu()
+        self.outlier_fires_F += fires_TF[outlier_T].sum(dim=0).cpu()
+        if batch.positions_T.numel():
+            self.max_position = max(self.max_position, int(batch.positions_T.max()))
+        self.survive_F += (fires_TF & self._renormed_fires(batch.x_TD, norms_T)).sum(dim=0).cpu()
+        bins_T = norm_bins(norms_T, self.ctx).cpu()
+        self.total_B += torch.bincount(bins_T, minlength=N_BINS)
+        t_idx, f_idx = (idx.cpu() for idx in fires_TF.nonzero(as_tuple=True))
+        flat = f_idx * N_BINS + bins_T[t_idx]
+        self.hist_FB.index_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
+        self.quartiles.update(batch.x_TD, batch.x_hat_TD, q_T)
+
+    def compute(self) -> list[MetricValue]:
+        fires = self.fires_F.double()
+        has = fires > 0
+        q4_share_F = torch.where(has, self.q4_F / fires.clamp_min(1), torch.nan)
+        survival_F = torch.where(has, self.survive_F / fires.clamp_min(1), torch.nan)
+        # Flat activation files arrive as length-1 sequences: every token is at position 0, which says nothing
+        # about attention sinks, so only the outlier criterion counts there.
+        sink_fires_F = self.sink_F if self.max_position > 0 else self.outlier_fires_F
+        sink_share_F = torch.where(has, sink_fires_F / fires.clamp_min(1), torch.nan)
+        auroc_F = auroc_from_histograms(self.hist_FB.view(-1, N_BINS), self.total_B)
+        classified = fires >= MIN_FIRINGS
+        nd1, nd2 = classified & (q4_share_F >= ND1_Q4_SHARE), classified & (auroc_F >= ND2_AUROC)
+        nd3 = classified & (survival_F < ND3_SURVIVAL)
+        out = [
+            MetricValue("norm_detectors", float((nd1 & nd3).sum())),
+            MetricValue("norm_detectors_q4", float(nd1.sum())),
+            MetricValue("norm_detectors_auroc", float(nd2.sum())),
+            MetricValue("norm_detectors_renorm", float(nd3.sum())),
+            MetricValue("sink_detectors", float((classified & (sink_share_F > SINK_SHARE)).sum())),
+            MetricValue("norm_outlier_tokens", float(self.outliers)),
+            *self.quartiles.compute(),
+        ]
+        for name, values_F in (("norm_q4_share", q4_share_F), ("norm_auroc", auroc_F),
+                               ("norm_renorm_survival", survival_F)):
+            out += [MetricValue(name, float(values_F[i]), latent=i)
+                    for i in torch.isfinite(values_F).nonzero().flatten().tolist()]
+        return out
+
+
+def _unit_exponents(sae: torch.nn.Module) -> torch.Tensor:
+    return torch.ones(int(sae.W_dec.shape[0]), dtype=torch.float64)
+
+
+ExponentRule = Callable[[torch.nn.Module], torch.Tensor]
+NORM_EXPONENT_RULES: Registry[ExponentRule] = Registry("architecture for norm exponent")
+for _arch in LINEAR_ARCHITECTURES + ("gated",):
+    NORM_EXPONENT_RULES.add(_arch, _unit_exponents)
+NORM_EXPONENT_RULES.add("cosine", lambda sae: cosine_params(sae)[0])
+
+
+def norm_exponents(sae: torch.nn.Module) -> torch.Tensor:
+    """The per-latent norm exponent a_i [d_sae]: learned for `cosine` SAEs, 1.0 for inner-product scores."""
+    return NORM_EXPONENT_RULES.get(architecture_of(sae), where="norm_dependence")(sae)
+
+
+@weights_metric("norm_dependence", group="norm", produces=("norm_dependence_a",),
+                per_latent=("norm_dependence_a_latent",))
+def norm_dependence_metric(sae: torch.nn.Module, ctx: EvalContext) -> list[MetricValue]:
+    a_F = norm_exponents(sae)
+    per_latent = [MetricValue("norm_dependence_a_latent", float(v), latent=i)
+                  for i, v in enumerate(a_F.tolist())]
+    return [MetricValue("norm_dependence_a", float(a_F.mean())), *per_latent]
