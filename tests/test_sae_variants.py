@@ -166,7 +166,7 @@ def test_cosine_a0_firing_pattern_is_scale_invariant(variant: str) -> None:
 
 def test_topafa_k_hand_computed() -> None:
     a = torch.tensor([[3.0, 0.0, 1.0, 2.0]])
-    # s = [9, 0, 1, 4] sorted [9, 4, 1, 0]; √C = [3, 3.606, 3.742, (last excluded)]
+    # s = [9, 0, 1, 4] sorted [9, 4, 1, 0]; √C = [3, 3.606, 3.742, 1e4 (the reference's sentinel)]
     assert topafa_k(a, torch.ones(4), torch.tensor([3.7])).tolist() == [3]
     assert topafa_k(a, torch.ones(4), torch.tensor([3.0])).tolist() == [1]
     assert topafa_k(a, torch.ones(4), torch.tensor([3.5])).tolist() == [2]
@@ -188,7 +188,7 @@ def test_topafa_encode_hand_case() -> None:
     with torch.no_grad():
         sae.W_dec.copy_(0.5 * torch.eye(4))
         f = sae.encode(x[1:])
-    # a‖d‖ = [1.5, .5, .25, 0], √C = [1.5, 1.58, 1.60], ‖x‖ = 3.20 → k = 3 (the last sum is excluded)
+    # a‖d‖ = [1.5, .5, .25, 0], √C = [1.5, 1.58, 1.60, 1e4], ‖x‖ = 3.20 → k = 3 (sentinel, not C_4)
     torch.testing.assert_close(f, torch.tensor([[3.0, 1.0, 0.5, 0.0]]))
 
 

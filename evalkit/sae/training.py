@@ -8,7 +8,13 @@ TopK-family classes here add the auxiliary-k loss against dead latents (Gao et a
 d_in/2, scaled down when few latents are dead) with coefficient AUX_K_COEFFICIENT = 1/32, as both TopK papers
 used. sae-lens' own `TopKTrainingSAEConfig` defaults `aux_loss_coefficient` to 1.0: pass 1/32 for sae-lens
 topk / batchtopk / matryoshka runs to match. As in sae-lens, the aux loss is a summed squared error (not
-divided by the residual variance as dictionary_learning does).
+divided by the residual variance as dictionary_learning and the cosine reference exp40 do; the top-AFA
+reference averages it over elements with k_aux = 512 and no dead-count scaling).
+
+Kept from the references (cosine-scored-saes exp40, top-afa-sae training/sae.py): unit decoder rows, a = 0
+and b = log √d_in, θ's EMA (β = 0.999, first value at step 1000), the AFA loss on the raw input. Not kept:
+their b_dec initialisation (cosine: geometric median of the first batch), learning-rate schedules and
+gradient clipping, which belong to the trainer.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from sae_lens.saes.topk_sae import (
 from torch import nn
 from typing_extensions import override
 
-from evalkit.sae.variants import cosine_score, topafa_encode
+from evalkit.sae.variants import UNSET_THRESHOLD, cosine_score, topafa_encode
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +73,45 @@ def topk_aux_loss(
 
 @torch.no_grad()
 def update_batch_threshold(threshold: torch.Tensor, feature_acts: torch.Tensor, lr: float) -> None:
-    """EMA of the smallest positive activation (sae-lens' BatchTopK rule); inference thresholds at θ."""
+    """EMA of the smallest positive activation; inference thresholds at θ.
+
+    As the cosine reference (exp40): θ starts unset (negative), the first update sets it to the batch's
+    smallest positive activation, later ones move it by lr (reference β = 0.999, lr = 0.001). sae-lens'
+    BatchTopK instead starts its EMA from 0.
+    """
     positive = feature_acts[feature_acts > 0]
-    if positive.numel():
-        threshold.mul_(1 - lr).add_(lr * positive.min().to(threshold.dtype))
+    if not positive.numel():
+        return
+    smallest = positive.min().to(threshold.dtype)
+    if float(threshold.max()) < 0:
+        threshold.fill_(smallest)
+    else:
+        threshold.mul_(1 - lr).add_(lr * smallest)
+
+
+def unit_rows(W_dec_FD: torch.Tensor) -> torch.Tensor:
+    return W_dec_FD / W_dec_FD.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def training_decoder(sae: TrainingSAE[Any]) -> torch.Tensor:
+    """The decoder a training SAE uses: W_dec, or its unit rows when `cfg.unit_decoder`.
+
+    Both reference codes keep decoder rows at unit norm (renormalise after every step and project the row-
+    parallel gradient out); reparameterising d_i = V_i/‖V_i‖ holds the same constraint exactly under
+    sae-lens' trainer, which has no per-step hook. The saved inference SAE gets the unit rows.
+    """
+    return unit_rows(sae.W_dec) if sae.cfg.unit_decoder else sae.W_dec
+
+
+def decode_with(sae: TrainingSAE[Any], feature_acts: torch.Tensor, W_dec_FD: torch.Tensor) -> torch.Tensor:
+    sae_out_pre = sae.hook_sae_recons(feature_acts @ W_dec_FD + sae.b_dec)
+    sae_out_pre = sae.run_time_activation_norm_fn_out(sae_out_pre)
+    return sae.reshape_fn_out(sae_out_pre, sae.d_head)
+
+
+def save_training_decoder(sae: TrainingSAE[Any], state_dict: dict[str, Any]) -> None:
+    with torch.no_grad():
+        state_dict["W_dec"] = training_decoder(sae).detach().clone().contiguous()
 
 
 # --------------------------------------------------------------------------------------------------- cosine
@@ -85,10 +126,16 @@ class CosineTrainingSAEConfig(TrainingSAEConfig):
     activation: str = "topk"
     init_a: float = 0.0
     init_b: float | None = None
-    """Initial exponent a and log-scale b. Defaults follow the reference code (cosine-scored-saes exp10-17):
-    a = 0 (pure cosine) and b = log √d_in, so the optimiser has to earn any norm dependence."""
+    """Initial exponent a and log-scale b. Defaults follow the reference code (cosine-scored-saes exp40, the
+    headline recipe): a = 0 (pure cosine) and b = log √d_in, so the optimiser has to earn any norm
+    dependence."""
     aux_loss_coefficient: float = AUX_K_COEFFICIENT
-    topk_threshold_lr: float = 0.01
+    topk_threshold_lr: float = 0.001
+    threshold_start_step: int = 1000
+    """θ (batchtopk only) is an EMA with lr 0.001 (β = 0.999) of the smallest kept activation, first set at
+    step `threshold_start_step` (reference exp40: THRESHOLD_BETA = 0.999, THRESHOLD_START_STEP = 1000)."""
+    unit_decoder: bool = True
+    """Decode with unit-norm rows (the reference's constraint); see `training_decoder`."""
 
     @override
     @classmethod
@@ -112,8 +159,10 @@ class CosineTrainingSAE(TrainingSAE[CosineTrainingSAEConfig]):
         self.a = nn.Parameter(torch.full((n,), self.cfg.init_a, dtype=self.dtype, device=self.device))
         init_b = self.cfg.init_b if self.cfg.init_b is not None else 0.5 * math.log(self.cfg.d_in)
         self.b = nn.Parameter(torch.full((n,), init_b, dtype=self.dtype, device=self.device))
-        # A buffer, not a parameter: θ is an EMA statistic, not learned by gradient.
-        self.register_buffer("threshold", torch.zeros(1, dtype=self.dtype, device=self.device))
+        # A buffer, not a parameter: θ is an EMA statistic, not learned by gradient. Negative = not set yet.
+        self.register_buffer(
+            "threshold", torch.full((1,), UNSET_THRESHOLD, dtype=self.dtype, device=self.device)
+        )
 
     @override
     def get_activation_fn(self) -> nn.Module:
@@ -128,9 +177,14 @@ class CosineTrainingSAE(TrainingSAE[CosineTrainingSAEConfig]):
         return self.hook_sae_acts_post(self.activation_fn(hidden_pre)), hidden_pre
 
     @override
+    def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
+        return decode_with(self, feature_acts, training_decoder(self))
+
+    @override
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
         output = super().training_forward_pass(step_input)
-        if self.cfg.activation == "batchtopk":
+        started = step_input.n_training_steps >= self.cfg.threshold_start_step
+        if self.cfg.activation == "batchtopk" and started:
             update_batch_threshold(self.threshold, output.feature_acts, self.cfg.topk_threshold_lr)
         output.metrics["cosine_a_mean"] = float(self.a.detach().mean())
         return output
@@ -143,8 +197,14 @@ class CosineTrainingSAE(TrainingSAE[CosineTrainingSAEConfig]):
         hidden_pre: torch.Tensor,
         sae_out: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
-        loss = topk_aux_loss(step_input, sae_out, hidden_pre, self.W_dec, self.cfg.aux_loss_coefficient)
+        W_dec_FD = training_decoder(self)
+        loss = topk_aux_loss(step_input, sae_out, hidden_pre, W_dec_FD, self.cfg.aux_loss_coefficient)
         return {"auxiliary_reconstruction_loss": loss}
+
+    @override
+    def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
+        super().process_state_dict_for_saving_inference(state_dict)
+        save_training_decoder(self, state_dict)
 
     @override
     def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
@@ -156,10 +216,18 @@ class CosineTrainingSAE(TrainingSAE[CosineTrainingSAEConfig]):
 
 @dataclass
 class TopAFATrainingSAEConfig(TrainingSAEConfig):
-    """Top-AFA training; `afa_loss_coefficient` weights (‖f‖ − ‖x‖)² as in the reference code (0 = off)."""
+    """Top-AFA training (reference: top-afa-sae training/sae.py, TopAFASAE).
+
+    afa_loss_coefficient: the reference's `afa_coeff` (its default 0 = off), in the reference's units. Its
+    loss is mean-over-elements MSE + afa_coeff·mean_batch((‖f‖ − ‖x‖)²), with x the raw (not b_dec-centred)
+    input and f the kept activations; sae-lens' MSE sums over d_in instead of averaging, so evalkit adds
+    afa_loss_coefficient·d_in·mean((‖f‖ − ‖x‖)²) to keep the reference's balance. ‖f‖ stands for the norm
+    of what the latents write only with unit decoder rows, hence `unit_decoder` (default on).
+    """
 
     aux_loss_coefficient: float = AUX_K_COEFFICIENT
     afa_loss_coefficient: float = 0.0
+    unit_decoder: bool = True
 
     @override
     @classmethod
@@ -172,8 +240,15 @@ class TopAFATrainingSAE(TrainingSAE[TopAFATrainingSAEConfig]):
 
     @override
     def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feature_acts, hidden_pre = topafa_encode(self, self.process_sae_in(x))
+        # The norms of the rows actually decoded with (≈ 1 under unit_decoder), computed as the saved
+        # inference SAE will compute them, so both select the same latents to the last bit.
+        dec_norm_F = training_decoder(self).detach().norm(dim=-1)
+        feature_acts, hidden_pre = topafa_encode(self, self.process_sae_in(x), dec_norm_F)
         return self.hook_sae_acts_post(feature_acts), hidden_pre
+
+    @override
+    def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
+        return decode_with(self, feature_acts, training_decoder(self))
 
     @override
     def calculate_aux_loss(
@@ -183,16 +258,27 @@ class TopAFATrainingSAE(TrainingSAE[TopAFATrainingSAEConfig]):
         hidden_pre: torch.Tensor,
         sae_out: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
-        aux = topk_aux_loss(step_input, sae_out, hidden_pre.relu(), self.W_dec, self.cfg.aux_loss_coefficient)
-        afa_gap = feature_acts.norm(dim=-1) - step_input.sae_in.norm(dim=-1)
+        W_dec_FD = training_decoder(self)
+        aux = topk_aux_loss(step_input, sae_out, hidden_pre.relu(), W_dec_FD, self.cfg.aux_loss_coefficient)
         return {
             "auxiliary_reconstruction_loss": aux,
-            "afa_loss": self.cfg.afa_loss_coefficient * afa_gap.pow(2).mean(),
+            "afa_loss": afa_loss(feature_acts, step_input.sae_in, self.cfg.afa_loss_coefficient),
         }
+
+    @override
+    def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
+        super().process_state_dict_for_saving_inference(state_dict)
+        save_training_decoder(self, state_dict)
 
     @override
     def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
         return {}
+
+
+def afa_loss(feature_acts_TF: torch.Tensor, x_TD: torch.Tensor, coefficient: float) -> torch.Tensor:
+    """coefficient·d_in·mean((‖f‖ − ‖x‖)²): the reference's AFA term rescaled to sae-lens' summed MSE."""
+    gap_T = feature_acts_TF.norm(dim=-1) - x_TD.norm(dim=-1)
+    return coefficient * x_TD.shape[-1] * gap_T.pow(2).mean()
 
 
 # -------------------------------------------------------------------------------------------- aligned top-k
