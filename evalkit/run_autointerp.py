@@ -1,0 +1,144 @@
+"""`evalkit run --autointerp baseline|llm`: explain and score latents from examples collected during the pass.
+
+The runner feeds an AutointerpObserver during its one pass; afterwards each SAE's examples are explained and
+scored, and the results join the run's outputs (results.csv rows, autointerp.csv, examples/<sae>.jsonl).
+
+Cached like every metric: one shard per (SAE content hash, "autointerp", config hash) holding the SAE-level
+values, plus the autointerp.csv rows next to it; a cached SAE is not observed again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from evalkit.identity import stable_hash
+from evalkit.runconfig import DataSource, EvalSettings, SaeLike
+from evalkit.store import ResultKey, ResultStore, Shard, atomic_write_text
+from reports.tables import file_stem
+
+Decode = Callable[[list[int]], list[str]]
+ENTRY = "autointerp"
+
+
+class AutointerpStage:
+    """Owns the observer; turns its collected examples into shards, autointerp.csv rows and example files."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        settings: EvalSettings,
+        store: ResultStore,
+        saes: Sequence[SaeLike],
+        sources: dict[str, DataSource],
+        hook_of: dict[str, str],
+    ) -> None:
+        from autointerp.observer import AutointerpObserver
+        from autointerp.pipeline import config_for_mode
+
+        config = config_for_mode(
+            args.autointerp,
+            seed=args.seed,
+            base_url=args.llm_base_url,
+            explainer_model=args.llm_model,
+            scorer_model=args.llm_model,
+            max_cost_usd=args.max_llm_cost,
+        )
+        assert config is not None  # the caller only builds a stage when --autointerp is not off
+        self.config, self.store, self.settings, self.sources = config, store, settings, sources
+        self.out_dir = Path(args.out)
+        cfg_json = json.loads(json.dumps(dataclasses.asdict(config), default=str))
+        self.keys = {
+            s.sae_id: ResultKey(
+                s.content_hash,
+                ENTRY,
+                stable_hash(
+                    {
+                        "config": cfg_json,
+                        "settings": settings.hashed(),
+                        "data": sources[hook_of[s.sae_id]].fingerprint,
+                        "source": sources[hook_of[s.sae_id]].description,
+                    }
+                ),
+            )
+            for s in saes
+        }
+        todo = {s.sae_id: s.d_sae for s in saes if settings.force or not self._cached(s.sae_id)}
+        self.observer = AutointerpObserver(config, todo)
+
+    def _rows_path(self, key: ResultKey) -> Path:
+        return self.store.root / key.sae_hash / f"{key.entry}-{key.config_hash}.rows.json"
+
+    def _cached(self, sae_id: str) -> bool:
+        key = self.keys[sae_id]
+        return self.store.has(key) and self._rows_path(key).is_file()
+
+    def finish(
+        self, saes: Sequence[SaeLike], hook_of: dict[str, str], n_tokens: dict[str, int]
+    ) -> tuple[dict[str, Shard], str, list[str]]:
+        """Shards by sae_id, autointerp.csv text, and notes (e.g. a cost cap that stopped requests)."""
+        shards: dict[str, Shard] = {}
+        rows_by_sae: dict[str, list[dict[str, str | int | float | None]]] = {}
+        notes: list[str] = []
+        for s in saes:
+            key = self.keys[s.sae_id]
+            if self.observer.wants(s.sae_id):
+                hook = hook_of[s.sae_id]
+                shards[s.sae_id], rows_by_sae[s.sae_id], note = self._score(
+                    s, key, hook, n_tokens.get(hook, 0)
+                )
+                notes += [note] if note else []
+            else:
+                shards[s.sae_id] = self.store.load(key)
+                rows_by_sae[s.sae_id] = json.loads(self._rows_path(key).read_text(encoding="utf-8"))
+        return shards, self._csv(saes, rows_by_sae), notes
+
+    def _score(
+        self, s: SaeLike, key: ResultKey, hook: str, n_tokens: int
+    ) -> tuple[Shard, list[dict[str, str | int | float | None]], str | None]:
+        from autointerp.pipeline import example_records
+
+        decode = decoder(self.sources[hook])
+        examples, result = self.observer.finish(s.sae_id, decode, self.store.root / "llm", None)
+        records = example_records(examples, decode)
+        text = "".join(json.dumps(r) + "\n" for r in records)
+        atomic_write_text(self.out_dir / "examples" / f"{file_stem(s.sae_id)}.jsonl", text)
+        rows = [r.as_dict() for r in result.rows]
+        shard = Shard(key, tuple(result.metrics), n_tokens, int(time.time() * 1000))
+        if result.stop_reason is None:  # a partial result (cap, unreachable endpoint) is reported, not cached
+            atomic_write_text(self._rows_path(key), json.dumps(rows))
+            self.store.save(shard)
+        error = result.input_error()
+        if error is not None:
+            raise error
+        return shard, rows, result.stop_reason
+
+    @staticmethod
+    def _csv(
+        saes: Sequence[SaeLike], rows_by_sae: dict[str, list[dict[str, str | int | float | None]]]
+    ) -> str:
+        from autointerp.pipeline import AUTOINTERP_COLUMNS
+
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["sae_id", *AUTOINTERP_COLUMNS])
+        for s in saes:
+            for row in rows_by_sae.get(s.sae_id, []):
+                writer.writerow(
+                    [s.sae_id, *("" if row.get(c) is None else row.get(c) for c in AUTOINTERP_COLUMNS)]
+                )
+        return buf.getvalue()
+
+
+def decoder(source: DataSource) -> Decode:
+    """Token ids to display strings: the model's tokenizer when there is one, else the ids themselves."""
+    tokenizer = getattr(source.model, "tokenizer", None)
+    if tokenizer is None:
+        return lambda ids: [str(i) for i in ids]
+    return lambda ids: [str(t) for t in tokenizer.convert_ids_to_tokens([int(i) for i in ids])]

@@ -1,0 +1,352 @@
+"""`evalkit run`: evaluate SAEs and write the output folder (CONTRACT.md)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from evalkit.errors import EvalkitInputError
+from evalkit.identity import JsonValue
+from evalkit.run_autointerp import AutointerpStage
+from evalkit.runconfig import DataSource, EvalSettings, SaeLike, seed_groups
+from evalkit.runner import Runner, RunOutcome, context_for, load_metric_modules
+from evalkit.sources.base import DEFAULT_BATCH_TOKENS, ActivationSource
+from evalkit.store import ResultStore, atomic_write_text
+from metrics.base import GROUPS, MetricSpec, select_metrics
+from reports.tables import SaeOutput, evalkit_version, write_outputs
+
+log = logging.getLogger(__name__)
+DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "run",
+        help="evaluate SAEs and write results to --out",
+        description="Evaluate SAEs on activations in one pass and write tidy results.",
+    )
+    p.add_argument(
+        "--sae",
+        action="append",
+        required=True,
+        metavar="PATH",
+        help="an SAE folder/file, a folder of SAEs (searched recursively), or sae-lens:RELEASE/SAE_ID; "
+        "repeatable",
+    )
+    p.add_argument(
+        "--format", default=None, help="SAE file format (default: detected from the files present)"
+    )
+    p.add_argument(
+        "--activations",
+        metavar="FILE",
+        help="precomputed activations (.safetensors/.npy/.pt); CE/KL metrics are then skipped with a reason",
+    )
+    p.add_argument(
+        "--model", help="transformer-lens model name or local folder (default: from the SAE config)"
+    )
+    p.add_argument("--hook", help="hook point (default: from the SAE config)")
+    p.add_argument(
+        "--dataset", help="text or token data: local .txt/.jsonl/.parquet or a Hugging Face dataset name"
+    )
+    p.add_argument(
+        "--tokens",
+        type=int,
+        default=None,
+        help="evaluation tokens (after excluding special tokens); default: all the source yields",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH_TOKENS,
+        help=f"tokens per batch, rounded down to whole sequences (default {DEFAULT_BATCH_TOKENS})",
+    )
+    p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence for text data")
+    p.add_argument(
+        "--metrics",
+        default="all",
+        help="comma-separated metric names or groups (core, downstream, "
+        "sparsity, alignment, norm, afa, stability, concepts, probing, "
+        "autointerp, all); default all",
+    )
+    p.add_argument("--out", default="evalkit-out", type=Path, help="output folder (default evalkit-out/)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument(
+        "--dtype", default="float32", choices=sorted(DTYPES), help="SAE compute dtype (default float32)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed for sampling done by metrics (default 0)")
+    p.add_argument(
+        "--exclude-special",
+        dest="exclude_special",
+        action="store_true",
+        default=True,
+        help="exclude BOS/EOS/PAD tokens from every metric (default)",
+    )
+    p.add_argument(
+        "--include-special", dest="exclude_special", action="store_false", help="evaluate special tokens too"
+    )
+    p.add_argument(
+        "--max-norm-multiple",
+        type=float,
+        default=None,
+        metavar="M",
+        help="drop tokens whose norm exceeds M x the median token norm (default: keep all)",
+    )
+    p.add_argument(
+        "--autointerp",
+        choices=("baseline", "llm", "off"),
+        default="off",
+        help="auto-interpretability stage (default off)",
+    )
+    p.add_argument("--llm-base-url", help="OpenAI-compatible endpoint for --autointerp llm")
+    p.add_argument("--llm-model", help="model name at that endpoint")
+    p.add_argument(
+        "--max-llm-cost", type=float, default=None, help="stop LLM requests at this estimated cost (USD)"
+    )
+    p.add_argument("--force", action="store_true", help="recompute results already cached in --out")
+    p.add_argument(
+        "--seed-group",
+        action="append",
+        default=[],
+        metavar="PATH,PATH[,...]",
+        help="SAEs that differ only in training seed (repeatable; default: grouped by config)",
+    )
+    p.add_argument(
+        "--labels",
+        metavar="FILE",
+        help="token-level concept labels (.safetensors with tensor 'labels' and metadata 'label_names')",
+    )
+    p.set_defaults(func=run_command)
+
+
+def settings_from_args(args: argparse.Namespace) -> EvalSettings:
+    for name in ("tokens", "batch_size", "seq_len"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise EvalkitInputError(f"--{name.replace('_', '-')}", f"must be positive, got {value}")
+    if args.max_norm_multiple is not None and args.max_norm_multiple <= 0:
+        raise EvalkitInputError("--max-norm-multiple", f"must be positive, got {args.max_norm_multiple}")
+    return EvalSettings(
+        n_tokens=args.tokens,
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        exclude_special=args.exclude_special,
+        max_norm_multiple=args.max_norm_multiple,
+        dtype=args.dtype,
+        seed=args.seed,
+        device=args.device,
+        force=args.force,
+    )
+
+
+def load_all_saes(paths: Sequence[str], fmt: str | None, device: str, dtype: str) -> list[SaeLike]:
+    from evalkit.sae import load_saes
+
+    saes: list[SaeLike] = []
+    seen: dict[str, str] = {}
+    for path in paths:
+        for s in load_saes(path, format=fmt, device=device):
+            if s.sae_id in seen and seen[s.sae_id] != s.path:
+                raise EvalkitInputError(
+                    s.path, f"has the same SAE id {s.sae_id!r} as {seen[s.sae_id]}; rename one"
+                )
+            if s.sae_id not in seen:
+                seen[s.sae_id] = s.path
+                if dtype != "float32":
+                    s.sae.to(DTYPES[dtype])
+                saes.append(s)
+    return saes
+
+
+def _adapt(source: ActivationSource, hook: str) -> DataSource:
+    """An evalkit.sources source as the runner's DataSource (a model source brings its model, for CE/KL)."""
+    info = source.info.as_dict()
+    description: dict[str, JsonValue] = {
+        k: v if isinstance(v, str | int | float | bool) or v is None else str(v) for k, v in info.items()
+    }
+    model = getattr(source, "model", None)
+    label_file = getattr(source, "labels", None)  # a LabelledSource's LabelFile
+    label_names = getattr(label_file, "names", None) or getattr(source, "label_names", None) or ()
+    has_tokens = model is not None or bool(source.info.details.get("has_tokens"))
+    return DataSource(
+        lambda: iter(source),
+        description,
+        model,
+        hook,
+        fingerprint=source.info.fingerprint,
+        has_tokens=has_tokens,
+        label_names=tuple(label_names),
+    )
+
+
+def resolve_sources(
+    args: argparse.Namespace, saes: Sequence[SaeLike]
+) -> tuple[dict[str, DataSource], dict[str, str]]:
+    """The data for each hook and the hook each SAE is evaluated at, in CONTRACT.md's order of precedence:
+    --activations, then a model (--model/--hook/--dataset, defaults from the SAE configs), then the embedded
+    world."""
+    from evalkit.sources import open_source
+
+    # Ask the source for headroom: --tokens counts evaluation tokens, after special tokens are dropped; the
+    # runner stops reading once it has them, so the extra is never computed.
+    n_read = None if args.tokens is None else 2 * args.tokens + 1024
+    common = {
+        "labels": args.labels,
+        "n_tokens": n_read,
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "dtype": "float32",
+        "seed": args.seed,
+    }
+    if args.seq_len:
+        common["seq_len"] = args.seq_len
+    if args.activations:
+        hooks = {s.hook_name for s in saes}
+        hook = args.hook or (hooks.pop() if len(hooks) == 1 and None not in hooks else "activations")
+        source = open_source(activations=args.activations, **common)
+        return {hook: _adapt(source, hook)}, {s.sae_id: hook for s in saes}
+    if args.model or args.hook or args.dataset:
+        hook_of = {s.sae_id: args.hook or s.hook_name or "" for s in saes}
+        sources = {}
+        for hook in dict.fromkeys(hook_of.values()):
+            first = next(s for s in saes if hook_of[s.sae_id] == hook)
+            model = args.model or getattr(first, "model_name", None)
+            sources[hook] = _adapt(
+                open_source(model=model, hook=hook or None, dataset=args.dataset, **common), hook
+            )
+        return sources, hook_of
+    # `args.world` (a built World) is set by `evalkit demo` (any world size); the run CLI leaves it unset.
+    source = open_source(world=getattr(args, "world", None), **common)
+    hook = str(getattr(source, "hook_name", ""))
+    for s in saes:
+        if s.hook_name not in (None, hook):
+            raise EvalkitInputError(
+                s.path,
+                f"was trained at {s.hook_name}, not the embedded world's hook {hook}; "
+                "pass --model/--hook/--dataset or --activations",
+            )
+    return {hook: _adapt(source, hook)}, {s.sae_id: hook for s in saes}
+
+
+def run_info(
+    args: argparse.Namespace,
+    settings: EvalSettings,
+    specs: list[MetricSpec],
+    outcome: RunOutcome,
+    saes: Sequence[SaeLike],
+    notes: list[str],
+    wall_s: float,
+) -> dict[str, JsonValue]:
+    sources: dict[str, JsonValue] = {}
+    for hook, data in outcome.hooks.items():
+        sources[hook] = {
+            "description": data.source.description,
+            "fingerprint": data.fingerprint,
+            "n_tokens": data.ctx.n_tokens,
+            "n_tokens_read": data.n_tokens_read,
+            "n_special_excluded": data.n_special_excluded,
+            "n_norm_dropped": data.n_norm_dropped,
+            "norm_limit": data.norm_limit,
+            "context": context_for(data.ctx),
+        }
+    n_tokens = {h: d.ctx.n_tokens for h, d in outcome.hooks.items()}
+    return {
+        "evalkit_version": evalkit_version(),
+        "config": {
+            **settings.hashed(),
+            "device": settings.device,
+            "metrics": [s.name for s in specs],
+            "sae": list(args.sae),
+            "activations": args.activations,
+            "model": args.model,
+            "hook": args.hook,
+            "dataset": args.dataset,
+            "autointerp": args.autointerp,
+            "llm_model": args.llm_model,
+            "labels": args.labels,
+            "seed_group": list(args.seed_group),
+        },
+        "sources": sources,
+        "n_tokens": next(iter(n_tokens.values())) if len(n_tokens) == 1 else n_tokens,  # type: ignore[dict-item]
+        "saes": [
+            {
+                "sae_id": r.handle.sae_id,
+                "path": r.handle.path,
+                "content_hash": r.handle.content_hash,
+                "hook": r.hook,
+                "architecture": r.handle.architecture,
+                "family": r.handle.family,
+                "seed": r.handle.seed,
+            }
+            for r in outcome.results
+        ],
+        "seed_groups": [[s.sae_id for s in g] for g in seed_groups(saes, _explicit_groups(args))],
+        "skipped": [
+            {"entry": n.entry, "metrics": list(n.metrics), "reason": n.reason, "sae_ids": n.sae_ids}
+            for n in outcome.skipped
+        ]
+        + [{"entry": "notes", "reason": n} for n in notes],
+        "execution": {
+            "timings_s": {k: round(v, 3) for k, v in outcome.timings_s.items()},
+            "wall_s": round(wall_s, 3),
+            "computed": len(outcome.computed),
+            "reused": len(outcome.reused),
+        },
+    }
+
+
+def _explicit_groups(args: argparse.Namespace) -> list[list[str]]:
+    return [[p.strip() for p in g.split(",") if p.strip()] for g in args.seed_group]
+
+
+def run_command(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    settings = settings_from_args(args)
+    failed = load_metric_modules()
+    # Group order (core, downstream, sparsity, ...) makes summary.csv read headline-first.
+    specs = sorted(select_metrics(args.metrics), key=lambda s: GROUPS.index(s.group))
+    saes = load_all_saes(args.sae, args.format, args.device, args.dtype)
+    sources, hook_of = resolve_sources(args, saes)
+    store = ResultStore(args.out)
+    stage = (
+        AutointerpStage(args, settings, store, saes, sources, hook_of) if args.autointerp != "off" else None
+    )
+    runner = Runner(store, settings, specs, [stage.observer] if stage else [])
+    outcome = runner.run(saes, sources, _explicit_groups(args), hook_of)
+    notes = [f"metric module metrics.{m} failed to import" for m in failed]
+    if stage is not None:
+        n_tokens = {h: d.ctx.n_tokens for h, d in outcome.hooks.items()}
+        shards, autointerp_csv, stop_notes = stage.finish(saes, hook_of, n_tokens)
+        for r in outcome.results:
+            r.shards.append(shards[r.handle.sae_id])
+        atomic_write_text(Path(args.out) / "autointerp.csv", autointerp_csv)
+        notes += stop_notes
+    outputs = [SaeOutput(r.handle, r.hook, r.shards) for r in outcome.results]
+    has_model = any(h.source.model is not None for h in outcome.hooks.values())
+    eval_config: dict[str, JsonValue] = {
+        **settings.hashed(),
+        "model_name": args.model or next((getattr(s, "model_name", None) for s in saes), None),
+        "dataset": args.dataset,
+        "activations": args.activations,
+        "compute_ce_loss": has_model,
+        "compute_kl": has_model,
+    }
+    info = run_info(args, settings, specs, outcome, saes, notes, time.perf_counter() - t0)
+    write_outputs(args.out, outputs, info, eval_config)
+    log.info(
+        "evaluated %d SAE(s): %d result(s) computed, %d reused; wrote %s",
+        len(saes),
+        len(outcome.computed),
+        len(outcome.reused),
+        args.out,
+    )
+    return 0

@@ -1,0 +1,330 @@
+"""The runner: the one place that loops over batches and SAEs.
+
+Per hook: a norm pre-pass (token filter, exact norm quantiles, data fingerprint), then one pass over the data
+that serves every SAE at that hook and every selected stream metric — each batch is read once, and per SAE f =
+encode(x) and x̂ are computed once into a SaeBatch shared by all metrics. Weights metrics run once per SAE,
+group metrics once per seed group. Results go to the store as soon as each SAE finishes; anything already in
+the store is reused.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import pkgutil
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+import metrics
+from evalkit.errors import EvalkitInputError
+from evalkit.identity import JsonValue, stable_hash
+from evalkit.passes import (
+    HookData,
+    data_stats,
+    norm_prepass,
+    provisional_hook_data,
+    with_data_stats,
+)
+from evalkit.runconfig import DataSource, EvalSettings, SaeLike, seed_groups
+from evalkit.store import ResultKey, ResultStore, Shard
+from evalkit.stream_pass import SEQ_INDEX_KEY, BatchObserver, SaeState, stream_pass
+from metrics.base import EvalContext, MetricSpec, StreamingMetric
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "SEQ_INDEX_KEY",
+    "BatchObserver",
+    "RunOutcome",
+    "Runner",
+    "SaeResult",
+    "SkipNote",
+    "context_for",
+    "load_metric_modules",
+]
+
+NORM_FREE_GROUPS = frozenset({"core", "downstream", "sparsity"})
+"""Metric groups that never read the EvalContext's norm statistics (so need no pre-pass)."""
+
+
+def load_metric_modules() -> list[str]:
+    """Import every module of the `metrics` package so its registrations run; returns the ones that failed."""
+    failed = []
+    for info in pkgutil.iter_modules(metrics.__path__):
+        try:
+            importlib.import_module(f"metrics.{info.name}")
+        except Exception as exc:  # a half-written metric module must not take the runner down; it is reported
+            log.warning("metric module metrics.%s failed to import: %s", info.name, exc)
+            failed.append(info.name)
+    return failed
+
+
+@dataclass
+class SkipNote:
+    entry: str
+    metrics: tuple[str, ...]
+    reason: str
+    sae_ids: list[str]
+
+
+@dataclass
+class SaeResult:
+    handle: SaeLike
+    hook: str
+    shards: list[Shard] = field(default_factory=list)
+
+
+@dataclass
+class RunOutcome:
+    results: list[SaeResult]
+    skipped: list[SkipNote]
+    computed: list[ResultKey]
+    reused: list[ResultKey]
+    timings_s: dict[str, float]
+    hooks: dict[str, HookData]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _config_hash(
+    spec: MetricSpec, settings: EvalSettings, data: HookData, members: Sequence[str] = ()
+) -> str:
+    payload: dict[str, JsonValue] = {
+        "entry": spec.name,
+        "version": spec.version,
+        "settings": settings.hashed(),
+        "source": data.source.description,
+        "data": data.fingerprint,
+        "members": sorted(members),
+    }
+    return stable_hash(payload)
+
+
+def _unmet(spec: MetricSpec, data: HookData, has_group: bool) -> str | None:
+    """Why a metric cannot run on this data, or None when it can."""
+    reasons = {
+        "model": None
+        if data.source.model is not None
+        else "needs the model (CE/KL); the source is precomputed activations",
+        "tokens": None if data.has_tokens else "needs token ids; the source has none",
+        "labels": None if data.label_names else "needs token-level labels (--labels or the embedded world)",
+        "positions": None,
+        "seed_group": None if has_group else "needs a seed group of >= 2 SAEs differing only in seed",
+    }
+    for req in sorted(spec.requires):
+        reason = reasons.get(req, f"unknown requirement {req!r}")
+        if reason:
+            return reason
+    return None
+
+
+class Runner:
+    """Evaluate SAEs on data sources; see the module docstring."""
+
+    def __init__(
+        self,
+        store: ResultStore,
+        settings: EvalSettings,
+        specs: Sequence[MetricSpec],
+        observers: Sequence[BatchObserver] = (),
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.specs = list(specs)
+        self.observers = list(observers)
+        self.computed: list[ResultKey] = []
+        self.reused: list[ResultKey] = []
+        self.skipped: dict[tuple[str, str], SkipNote] = {}
+        self.timings_s: dict[str, float] = {}
+
+    def _skip(self, spec: MetricSpec, reason: str, sae_id: str) -> None:
+        note = self.skipped.setdefault((spec.name, reason), SkipNote(spec.name, spec.names, reason, []))
+        note.sae_ids.append(sae_id)
+
+    def _cached(self, key: ResultKey) -> Shard | None:
+        if self.settings.force or not self.store.has(key):
+            return None
+        self.reused.append(key)
+        return self.store.load(key)
+
+    def _save(self, shard: Shard) -> None:
+        self.store.save(shard)
+        self.computed.append(shard.key)
+        # Fault injection for the resume test: a real SIGKILL at a deterministic point of the run.
+        kill_after = os.environ.get("EVALKIT_TEST_KILL_AFTER_SHARDS")
+        if kill_after and len(self.computed) >= int(kill_after):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def run(
+        self,
+        saes: Sequence[SaeLike],
+        sources: dict[str, DataSource],
+        explicit_groups: Sequence[Sequence[str]] = (),
+        hook_of: dict[str, str] | None = None,
+    ) -> RunOutcome:
+        """Evaluate `saes`. `sources` maps a hook (the results' `hook` column) to its data; `hook_of` maps
+        sae_id to one of those keys (default: the SAE's hook_name, or the only source if just one)."""
+        hook_of = hook_of or {
+            s.sae_id: s.hook_name if s.hook_name in sources or len(sources) != 1 else next(iter(sources))
+            for s in saes
+        }
+        for s in saes:
+            if hook_of.get(s.sae_id) not in sources:
+                raise EvalkitInputError(s.path, f"no activation source for its hook {s.hook_name!r}")
+        groups = seed_groups(saes, explicit_groups)
+        grouped_ids = {s.sae_id for g in groups for s in g}
+        hooks: dict[str, HookData] = {}
+        results: dict[str, SaeResult] = {}
+        for hook, source in sources.items():
+            members = [s for s in saes if hook_of.get(s.sae_id) == hook]
+            if not members:
+                continue
+            t0 = time.perf_counter()
+            if self._needs_prepass(source):
+                data = norm_prepass(hook, source, self.settings, members)
+            else:
+                data = provisional_hook_data(hook, source, self.settings)
+            self.timings_s[f"prepass:{hook}"] = time.perf_counter() - t0
+            for s in members:
+                results[s.sae_id] = SaeResult(s, hook)
+            hooks[hook] = self._run_hook(data, members, results, grouped_ids)
+        self._run_groups(groups, hooks, results)
+        ordered = [results[s.sae_id] for s in saes if s.sae_id in results]
+        return RunOutcome(
+            ordered, list(self.skipped.values()), self.computed, self.reused, self.timings_s, hooks
+        )
+
+    def _needs_prepass(self, source: DataSource) -> bool:
+        """The pre-pass reads the data an extra time; skip it when nothing needs norms before the pass."""
+        needs_norms = any(sp.group not in NORM_FREE_GROUPS for sp in self.specs)
+        return needs_norms or self.settings.max_norm_multiple is not None or not source.known_up_front()
+
+    def _run_hook(
+        self, data: HookData, members: Sequence[SaeLike], results: dict[str, SaeResult], grouped_ids: set[str]
+    ) -> HookData:
+        states = []
+        for s in members:
+            pending: dict[str, tuple[ResultKey, StreamingMetric]] = {}
+            for spec in (sp for sp in self.specs if sp.kind == "stream"):
+                reason = _unmet(spec, data, s.sae_id in grouped_ids)
+                if reason:
+                    self._skip(spec, reason, s.sae_id)
+                    continue
+                key = ResultKey(s.content_hash, spec.name, _config_hash(spec, self.settings, data))
+                cached = self._cached(key)
+                if cached is not None:
+                    results[s.sae_id].shards.append(cached)
+                else:
+                    pending[spec.name] = (key, spec.factory(s.sae, data.ctx))
+            wants_ds = any("model" in self._spec(n).requires for n in pending)
+            if pending or any(o.wants(s.sae_id) for o in self.observers):
+                states.append(SaeState(s, pending, wants_ds))
+        t0 = time.perf_counter()
+        stats = stream_pass(data, states, members, self.settings, self.observers) if states else None
+        data_key = stable_hash(
+            {"hook": data.hook, "data": data.fingerprint, "settings": self.settings.hashed()}
+        )
+        if stats is not None and not data.prepassed:
+            data = stats.hook_data(data.hook, data.source, self.settings, prepassed=False)
+        elif not data.prepassed:  # everything was cached: report what the pass that computed it measured
+            known = self.store.load_data_stats(data_key)
+            data = with_data_stats(data, known) if known else data
+        self.store.save_data_stats(data_key, data_stats(data))
+        self.timings_s[f"stream:{data.hook}"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for s in members:  # finish and persist SAE by SAE, so a kill loses at most the SAE in flight
+            state = next((st for st in states if st.handle is s), None)
+            if state is not None:
+                for key, acc in state.pending.values():
+                    shard = Shard(key, tuple(acc.compute()), data.ctx.n_tokens, _now_ms())
+                    self._save(shard)
+                    results[s.sae_id].shards.append(shard)
+            self._run_weights(s, data, results[s.sae_id], s.sae_id in grouped_ids)
+            results[s.sae_id].shards.sort(key=lambda sh: self._order(sh.key.entry))
+        self.timings_s[f"finish:{data.hook}"] = time.perf_counter() - t0
+        return data
+
+    def _spec(self, name: str) -> MetricSpec:
+        return next(sp for sp in self.specs if sp.name == name)
+
+    def _order(self, entry: str) -> int:
+        return [sp.name for sp in self.specs].index(entry)
+
+    def _run_weights(self, s: SaeLike, data: HookData, result: SaeResult, in_group: bool) -> None:
+        for spec in (sp for sp in self.specs if sp.kind == "weights"):
+            reason = _unmet(spec, data, in_group)
+            if reason:
+                self._skip(spec, reason, s.sae_id)
+                continue
+            key = ResultKey(s.content_hash, spec.name, _config_hash(spec, self.settings, data))
+            shard = self._cached(key)
+            if shard is None:
+                with torch.no_grad():
+                    shard = Shard(key, tuple(spec.factory(s.sae, data.ctx)), data.ctx.n_tokens, _now_ms())
+                self._save(shard)
+            result.shards.append(shard)
+
+    def _run_groups(
+        self, groups: list[list[SaeLike]], hooks: dict[str, HookData], results: dict[str, SaeResult]
+    ) -> None:
+        grouped_ids = {s.sae_id for g in groups for s in g}
+        for spec in (sp for sp in self.specs if sp.kind == "group"):
+            for sid in (s for s in results if s not in grouped_ids):
+                self._skip(spec, "needs a seed group of >= 2 SAEs differing only in seed", sid)
+            for group in groups:
+                self._run_group(spec, group, hooks, results)
+        for res in results.values():
+            res.shards.sort(key=lambda sh: self._order(sh.key.entry))
+
+    def _run_group(
+        self,
+        spec: MetricSpec,
+        group: list[SaeLike],
+        hooks: dict[str, HookData],
+        results: dict[str, SaeResult],
+    ) -> None:
+        data = hooks[results[group[0].sae_id].hook]
+        reason = _unmet(spec, data, True)
+        if reason:
+            for s in group:
+                self._skip(spec, reason, s.sae_id)
+            return
+        members = [s.content_hash for s in group]
+        keys = {
+            s.sae_id: ResultKey(s.content_hash, spec.name, _config_hash(spec, self.settings, data, members))
+            for s in group
+        }
+        cached = (
+            {sid: self._cached(k) for sid, k in keys.items()}
+            if all(self.store.has(k) for k in keys.values())
+            else {}
+        )
+        if cached and all(v is not None for v in cached.values()):
+            for sid, shard in cached.items():
+                results[sid].shards.append(shard)  # type: ignore[arg-type]
+            return
+        with torch.no_grad():
+            values = spec.factory({s.sae_id: s.sae for s in group}, data.ctx)
+        for s in group:
+            shard = Shard(keys[s.sae_id], tuple(values.get(s.sae_id, [])), data.ctx.n_tokens, _now_ms())
+            self._save(shard)
+            results[s.sae_id].shards.append(shard)
+
+
+def context_for(ctx: EvalContext) -> dict[str, JsonValue]:
+    """The EvalContext as JSON for run.json."""
+    return {
+        "median_norm": ctx.median_norm,
+        "norm_q25": ctx.norm_q25,
+        "norm_q75": ctx.norm_q75,
+        "n_tokens": ctx.n_tokens,
+        "label_names": list(ctx.label_names),
+        "seed": ctx.seed,
+    }

@@ -1,0 +1,106 @@
+"""The results store: one JSON shard per (SAE content hash, metric entry, config hash), written atomically.
+
+A run persists each SAE's shards as soon as its metrics finish, so a run killed at any point loses at most the
+SAE in flight; a rerun into the same folder finds every finished shard and recomputes nothing (`--force`
+ignores them). Output tables are always rebuilt from the shards, which is what makes resumed and uninterrupted
+runs byte-identical.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from evalkit.identity import JsonValue
+from metrics.base import MetricValue
+
+CACHE_DIRNAME = ".evalkit-cache"
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_current_umask()  # mkstemp creates 0600 files; outputs should read like any other file
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder and os.replace: readers never see a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.chmod(tmp, _FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True)
+class ResultKey:
+    """The identity of one cached result."""
+
+    sae_hash: str
+    entry: str
+    config_hash: str
+
+
+@dataclass(frozen=True)
+class Shard:
+    """The values one metric entry produced for one SAE, with the token count they rest on."""
+
+    key: ResultKey
+    values: tuple[MetricValue, ...]
+    n_tokens: int
+    computed_at_ms: int
+    """When the values were first computed (kept on reuse, so reports built from a cache do not change)."""
+
+
+class ResultStore:
+    """Shards under `<out>/.evalkit-cache/<sae_hash>/<entry>-<config_hash>.json`."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.root = Path(out_dir) / CACHE_DIRNAME
+
+    def _path(self, key: ResultKey) -> Path:
+        return self.root / key.sae_hash / f"{key.entry}-{key.config_hash}.json"
+
+    def has(self, key: ResultKey) -> bool:
+        return self._path(key).is_file()
+
+    def load(self, key: ResultKey) -> Shard:
+        data = json.loads(self._path(key).read_text(encoding="utf-8"))
+        values = tuple(
+            MetricValue(str(m), float(v), None if lat is None else int(lat)) for m, v, lat in data["values"]
+        )
+        return Shard(key, values, int(data["n_tokens"]), int(data["computed_at_ms"]))
+
+    def save(self, shard: Shard) -> None:
+        k = shard.key
+        payload = {
+            "sae_hash": k.sae_hash,
+            "entry": k.entry,
+            "config_hash": k.config_hash,
+            "n_tokens": shard.n_tokens,
+            "computed_at_ms": shard.computed_at_ms,
+            "values": [[v.metric, v.value, v.latent] for v in shard.values],
+        }
+        atomic_write_text(self._path(k), json.dumps(payload, separators=(",", ":")))
+
+    def _data_path(self, data_key: str) -> Path:
+        return self.root / "data" / f"{data_key}.json"
+
+    def save_data_stats(self, data_key: str, stats: dict[str, JsonValue]) -> None:
+        """What a pass learned about the data (counts, norms), so a fully cached rerun reports it too."""
+        atomic_write_text(self._data_path(data_key), json.dumps(stats, sort_keys=True))
+
+    def load_data_stats(self, data_key: str) -> dict[str, JsonValue] | None:
+        path = self._data_path(data_key)
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None

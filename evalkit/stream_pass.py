@@ -1,0 +1,136 @@
+"""The evaluation pass over one hook's data: every batch is read once and serves every SAE and stream metric.
+
+Per batch and SAE, f = encode(x) and x̂ = decode(f) are computed once, at the evaluation tokens, into a
+SaeBatch shared by all of that SAE's metrics and by the observers (the autointerp example collector). When a
+downstream metric is pending, the clean and zero-ablated runs are done once per batch and the x̂-spliced run
+once per SAE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from tqdm.auto import tqdm
+
+from evalkit.batch import ActivationBatch
+from evalkit.passes import HookData, PassStats, TokenFilter, check_batch
+from evalkit.runconfig import EvalSettings, SaeLike
+from evalkit.splice import PatchScorer, Splicer
+from evalkit.store import ResultKey
+from metrics.base import SaeBatch, StreamingMetric
+from metrics.downstream import EXTRA_KEYS
+
+SEQ_INDEX_KEY = "seq_index"
+"""SaeBatch.extras key: index (within the pass) of the sequence each kept token comes from."""
+
+
+class BatchObserver(Protocol):
+    """Hook point for the autointerp example collector: sees every SaeBatch of the SAEs it wants."""
+
+    def wants(self, sae_id: str) -> bool: ...
+
+    def observe(self, sae_id: str, batch: SaeBatch) -> None: ...
+
+
+@dataclass
+class SaeState:
+    """One SAE's pending accumulators during a pass."""
+
+    handle: SaeLike
+    pending: dict[str, tuple[ResultKey, StreamingMetric]]
+    wants_downstream: bool
+
+
+@torch.no_grad()
+def stream_pass(
+    data: HookData,
+    states: list[SaeState],
+    members: Sequence[SaeLike],
+    settings: EvalSettings,
+    observers: Sequence[BatchObserver],
+) -> PassStats:
+    """Feed every pending accumulator of `states`; returns what the pass measured about the data."""
+    splicer = Splicer(data.source.model, data.hook) if any(st.wants_downstream for st in states) else None
+    token_filter = TokenFilter(settings, data.norm_limit)
+    batches = tqdm(
+        data.source.open_batches(),
+        desc=f"evaluating {data.hook}",
+        unit="batch",
+        leave=False,
+        disable=None,
+    )
+    n_seq_seen = 0
+    stats = PassStats()
+    for i, batch in enumerate(batches):
+        if not data.prepassed:
+            check_batch(batch, i, data.source, members)
+        keep_BS = token_filter.keep(batch)
+        if keep_BS is None:
+            break
+        stats.add(batch, keep_BS, settings.exclude_special)
+        n_seq, seq_len = keep_BS.shape
+        n_seq_seen += n_seq
+        if not keep_BS.any():
+            continue
+        acts_BSD = batch.acts_BSD.float()
+        scorer, base_extras = (
+            _clean_and_zero(splicer, batch.tokens_BS, acts_BSD, keep_BS) if splicer else (None, {})
+        )
+        # The sequence (within the pass) of each kept token: the autointerp observer rebuilds windows.
+        seq_BS = torch.arange(n_seq_seen - n_seq, n_seq_seen, device=keep_BS.device)[:, None]
+        base_extras[SEQ_INDEX_KEY] = seq_BS.expand(n_seq, seq_len)[keep_BS]
+        for st in states:
+            _update_sae(st, batch, acts_BSD, keep_BS, splicer, scorer, base_extras, observers)
+    return stats
+
+
+def _clean_and_zero(
+    splicer: Splicer, tokens_BS: torch.Tensor | None, acts_BSD: torch.Tensor, keep_BS: torch.Tensor
+) -> tuple[PatchScorer, dict[str, torch.Tensor]]:
+    assert tokens_BS is not None  # guaranteed by the 'tokens' requirement
+    scorer = PatchScorer(splicer.logits(tokens_BS, acts_BSD), tokens_BS, keep_BS)
+    # Zero ablation replaces every position, as sae-lens does.
+    ce_zero_T, kl_zero_T = scorer.ce_kl(splicer.logits(tokens_BS, torch.zeros_like(acts_BSD)))
+    return scorer, {"ce_clean": scorer.clean_ce(), "ce_zero": ce_zero_T, "kl_zero": kl_zero_T}
+
+
+def _update_sae(
+    st: SaeState,
+    batch: ActivationBatch,
+    acts_BSD: torch.Tensor,
+    keep_BS: torch.Tensor,
+    splicer: Splicer | None,
+    scorer: PatchScorer | None,
+    base_extras: dict[str, torch.Tensor],
+    observers: Sequence[BatchObserver],
+) -> None:
+    sae = st.handle.sae
+    x_TD = acts_BSD[keep_BS]
+    f_TF = sae.encode(x_TD.to(sae.device))
+    x_hat_TD = sae.decode(f_TF).float().to(x_TD.device)
+    extras: dict[str, torch.Tensor] = {SEQ_INDEX_KEY: base_extras[SEQ_INDEX_KEY]}
+    if st.wants_downstream and splicer is not None and scorer is not None:
+        # Splice x̂ at evaluation tokens only; excluded tokens (BOS, outliers) keep their activations, as
+        # sae-lens does.
+        spliced_BSD = acts_BSD.clone()
+        spliced_BSD[keep_BS] = x_hat_TD
+        extras.update({k: v for k, v in base_extras.items() if k in EXTRA_KEYS})
+        extras["ce_sae"], extras["kl_sae"] = scorer.ce_kl(splicer.logits(batch.tokens_BS, spliced_BSD))
+    sae_batch = SaeBatch(
+        sae=sae,
+        x_TD=x_TD,
+        x_hat_TD=x_hat_TD,
+        f_TF=f_TF.float(),
+        positions_T=batch.positions_BS[keep_BS],
+        tokens_T=None if batch.tokens_BS is None else batch.tokens_BS[keep_BS],
+        labels_TL=None if batch.labels_BSL is None else batch.labels_BSL[keep_BS],
+        extras=extras,
+    )
+    for _, acc in st.pending.values():
+        acc.update(sae_batch)
+    for obs in observers:
+        if obs.wants(st.handle.sae_id):
+            obs.observe(st.handle.sae_id, sae_batch)

@@ -1,0 +1,45 @@
+"""Per-latent firing density and the dead/dense counts derived from it (group `sparsity`)."""
+
+from __future__ import annotations
+
+import torch
+
+from metrics.base import EvalContext, MetricValue, SaeBatch, stream_metric
+
+DENSE_THRESHOLD = 0.1
+"""A latent firing on more than this share of tokens counts as dense (METRICS.md)."""
+
+
+@stream_metric(
+    "feature_density",
+    group="sparsity",
+    produces=("dead_features", "frac_alive", "dense_features"),
+    per_latent=("feature_density",),
+)
+class FeatureDensity:
+    """Counts firings per latent; memory is one int64 vector of d_sae, whatever n_tokens is."""
+
+    def __init__(self, sae: object, ctx: EvalContext) -> None:
+        self.counts_F: torch.Tensor | None = None
+        self.n_tokens = 0
+
+    def update(self, batch: SaeBatch) -> None:
+        fired_F = (batch.f_TF.detach() != 0).sum(0).to("cpu", torch.int64)
+        self.counts_F = fired_F if self.counts_F is None else self.counts_F + fired_F
+        self.n_tokens += batch.f_TF.shape[0]
+
+    def compute(self) -> list[MetricValue]:
+        if self.counts_F is None or self.n_tokens == 0:
+            return []
+        density_F = self.counts_F.double() / self.n_tokens
+        d_sae = density_F.shape[0]
+        dead = int((self.counts_F == 0).sum())
+        values = [
+            MetricValue("dead_features", float(dead)),
+            MetricValue("frac_alive", 1.0 - dead / d_sae),
+            MetricValue("dense_features", float((density_F > DENSE_THRESHOLD).sum())),
+        ]
+        values += [
+            MetricValue("feature_density", float(d), latent=i) for i, d in enumerate(density_F.tolist())
+        ]
+        return values
