@@ -104,7 +104,7 @@ def handle_from_sae(
         sae_id=sae_id,
         path=path or sae_id,
         architecture=arch,
-        family=family or f"{arch}-{sae.cfg.d_sae}",
+        family=family or f"{arch}|{hook or '?'}|{sae.cfg.d_sae}",  # as evalkit.sae.loaded writes it
         hook_name=hook,
         d_in=int(sae.cfg.d_in),
         d_sae=int(sae.cfg.d_sae),

@@ -31,7 +31,7 @@ from evalkit.passes import (
     with_data_stats,
 )
 from evalkit.runconfig import DataSource, EvalSettings, SaeLike, seed_groups
-from evalkit.store import ResultKey, ResultStore, Shard
+from evalkit.store import ResultKey, ResultStore, SampleTable, Shard
 from evalkit.stream_pass import SEQ_INDEX_KEY, BatchObserver, SaeState, stream_pass
 from metrics.base import EvalContext, MetricSpec, StreamingMetric
 
@@ -243,7 +243,7 @@ class Runner:
             state = next((st for st in states if st.handle is s), None)
             if state is not None:
                 for key, acc in state.pending.values():
-                    shard = Shard(key, tuple(acc.compute()), data.ctx.n_tokens, _now_ms())
+                    shard = stream_shard(self._spec(key.entry), key, acc, data.ctx)
                     self._save(shard)
                     results[s.sae_id].shards.append(shard)
             self._run_weights(s, data, results[s.sae_id], s.sae_id in grouped_ids)
@@ -316,6 +316,25 @@ class Runner:
             shard = Shard(keys[s.sae_id], tuple(values.get(s.sae_id, [])), data.ctx.n_tokens, _now_ms())
             self._save(shard)
             results[s.sae_id].shards.append(shard)
+
+
+def sample_table(spec: MetricSpec, acc: StreamingMetric) -> SampleTable | None:
+    """The accumulator's per-token sample (metrics.base.SamplingMetric) as stored floats, if it keeps one."""
+    samples_fn = getattr(acc, "samples", None)
+    raw = samples_fn() if callable(samples_fn) else None
+    if not raw:
+        return None
+    columns = {str(name): tuple(float(v) for v in col) for name, col in raw.items()}
+    if len({len(col) for col in columns.values()}) > 1:
+        raise ValueError(f"metric {spec.name}: sample columns differ in length")
+    return SampleTable(spec.group, columns)
+
+
+def stream_shard(spec: MetricSpec, key: ResultKey, acc: StreamingMetric, ctx: EvalContext) -> Shard:
+    """A finished accumulator as a shard. Label names travel with label-indexed values, so features.csv's
+    names are rebuilt from the shard alone (resume, cache) and match the indices they were made from."""
+    labels = ctx.label_names if "labels" in spec.requires else ()
+    return Shard(key, tuple(acc.compute()), ctx.n_tokens, _now_ms(), labels, sample_table(spec, acc))
 
 
 def context_for(ctx: EvalContext) -> dict[str, JsonValue]:

@@ -53,6 +53,14 @@ class ResultKey:
 
 
 @dataclass(frozen=True)
+class SampleTable:
+    """A metric's per-token sample (metrics.base.SamplingMetric), written to DIR/<folder>/<stem>.csv."""
+
+    folder: str
+    columns: dict[str, tuple[float, ...]]
+
+
+@dataclass(frozen=True)
 class Shard:
     """The values one metric entry produced for one SAE, with the token count they rest on."""
 
@@ -61,6 +69,9 @@ class Shard:
     n_tokens: int
     computed_at_ms: int
     """When the values were first computed (kept on reuse, so reports built from a cache do not change)."""
+    label_names: tuple[str, ...] = ()
+    """The label names the values' label indices refer to (metrics that need labels), as at compute time."""
+    samples: SampleTable | None = None
 
 
 class ResultStore:
@@ -80,7 +91,17 @@ class ResultStore:
         values = tuple(
             MetricValue(str(m), float(v), None if lat is None else int(lat)) for m, v, lat in data["values"]
         )
-        return Shard(key, values, int(data["n_tokens"]), int(data["computed_at_ms"]))
+        raw_samples = data.get("samples")
+        samples = (
+            None
+            if raw_samples is None
+            else SampleTable(
+                str(raw_samples["folder"]),
+                {str(k): tuple(float(x) for x in col) for k, col in raw_samples["columns"].items()},
+            )
+        )
+        labels = tuple(str(n) for n in data.get("label_names", ()))
+        return Shard(key, values, int(data["n_tokens"]), int(data["computed_at_ms"]), labels, samples)
 
     def save(self, shard: Shard) -> None:
         k = shard.key
@@ -92,6 +113,14 @@ class ResultStore:
             "computed_at_ms": shard.computed_at_ms,
             "values": [[v.metric, v.value, v.latent] for v in shard.values],
         }
+        # Optional parts are written only when present, so older shard files stay valid and unchanged.
+        if shard.label_names:
+            payload["label_names"] = list(shard.label_names)
+        if shard.samples is not None:
+            payload["samples"] = {
+                "folder": shard.samples.folder,
+                "columns": {k: list(col) for k, col in shard.samples.columns.items()},
+            }
         atomic_write_text(self._path(k), json.dumps(payload, separators=(",", ":")))
 
     def _data_path(self, data_key: str) -> Path:

@@ -14,6 +14,37 @@ from metrics.base import EvalContext, MetricValue, SaeBatch, stream_metric, weig
 
 DECODER_BLOCK = 1024
 """Rows per block of the decoder Gram matrix: memory is DECODER_BLOCK × h floats, never h × h."""
+SAMPLE_TOKENS = 4096
+"""Tokens kept for the report's ‖z‖ vs ‖f̃‖ scatter and ε_LBO histogram (DIR/afa/<stem>.csv)."""
+SAMPLE_COLUMNS = ("z_norm", "ftilde_norm", "eps_lbo")
+
+
+class TokenReservoir:
+    """A seeded uniform sample without replacement of k streamed rows: every row draws a random priority and
+    the k largest are kept (memory O(k + batch)); returned in stream order."""
+
+    def __init__(self, k: int, n_columns: int, seed: int) -> None:
+        self.k = k
+        self.gen = torch.Generator().manual_seed(seed)
+        self.priority_N = torch.empty(0, dtype=torch.float64)
+        self.order_N = torch.empty(0, dtype=torch.int64)
+        self.rows_NC = torch.empty(0, n_columns, dtype=torch.float64)
+        self.seen = 0
+
+    def add(self, rows_TC: torch.Tensor) -> None:
+        n = rows_TC.shape[0]
+        priority_T = torch.rand(n, generator=self.gen, dtype=torch.float64)
+        order_T = torch.arange(self.seen, self.seen + n)
+        self.seen += n
+        priority_N = torch.cat([self.priority_N, priority_T])
+        keep = priority_N.topk(min(self.k, priority_N.numel())).indices
+        self.priority_N = priority_N[keep]
+        self.order_N = torch.cat([self.order_N, order_T])[keep]
+        self.rows_NC = torch.cat([self.rows_NC, rows_TC.double().cpu()])[keep]
+
+    def rows(self) -> torch.Tensor:
+        """The kept rows [min(k, seen), C], in the order they were streamed."""
+        return self.rows_NC[self.order_N.argsort()]
 
 
 def atom_norms(sae: torch.nn.Module) -> torch.Tensor:
@@ -44,6 +75,7 @@ def eps_lbo(z_norms_T: torch.Tensor, code_norms_T: torch.Tensor, h: int) -> torc
     "afa_eps", group="afa",
     produces=("afa_eps_lbo_median", "afa_eps_lbo_mean", "afa_eps_lbo_p90", "afa_rel_error_median",
               "afa_zero_code_tokens"),
+    version=2,  # v2 keeps a per-token sample in its shard; v1 shards have none
 )
 class AfaEpsilon:
     """ε_LBO and the relative norm error |‖f̃‖ − ‖z‖|/‖z‖ per token, summarised at the end."""
@@ -55,13 +87,17 @@ class AfaEpsilon:
         self.eps: list[torch.Tensor] = []
         self.rel_err: list[torch.Tensor] = []
         self.zero_code_tokens = 0
+        self.reservoir = TokenReservoir(SAMPLE_TOKENS, len(SAMPLE_COLUMNS), ctx.seed)
 
     def update(self, batch: SaeBatch) -> None:
         z_T = batch.norms_T.double()
         c_T = code_norms(batch.f_TF, self.dec_norms_F, self.b_dec_norm)
         nonzero_T = c_T > 0
         self.zero_code_tokens += int((~nonzero_T).sum())
-        self.eps.append(eps_lbo(z_T[nonzero_T], c_T[nonzero_T], self.h).float().cpu())
+        eps_T = eps_lbo(z_T[nonzero_T], c_T[nonzero_T], self.h)
+        self.eps.append(eps_T.float().cpu())
+        # The sample covers the tokens ε_LBO is defined on (‖f̃‖ > 0), as the summaries do.
+        self.reservoir.add(torch.stack([z_T[nonzero_T], c_T[nonzero_T], eps_T], dim=1))
         # Zero-code tokens are excluded here too, so both summaries describe the same tokens.
         kept = nonzero_T & (z_T > 0)
         self.rel_err.append(((c_T[kept] - z_T[kept]).abs() / z_T[kept]).float().cpu())
@@ -79,6 +115,13 @@ class AfaEpsilon:
         if rel_N.numel() > 0:
             out.append(MetricValue("afa_rel_error_median", float(rel_N.quantile(0.5))))
         return out
+
+    def samples(self) -> dict[str, list[float]] | None:
+        """A seeded uniform sample of tokens: z_norm = ‖z‖, ftilde_norm = ‖f̃‖, eps_lbo = ε_LBO."""
+        rows_NC = self.reservoir.rows()
+        if rows_NC.shape[0] == 0 or self.h < 2:
+            return None
+        return {name: rows_NC[:, j].tolist() for j, name in enumerate(SAMPLE_COLUMNS)}
 
 
 def unit_rows(W_FD: torch.Tensor) -> torch.Tensor:

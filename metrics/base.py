@@ -5,6 +5,11 @@
 - group:   a function `fn(saes: dict[sae_id, SAE], ctx) -> dict[sae_id, list[MetricValue]]` over a seed group.
 
 Metrics never read files, load models or print: they receive tensors and return numbers.
+
+Per-token samples: a stream accumulator may also define `samples() -> dict[str, list[float]] | None` (see
+`SamplingMetric`): equal-length float columns, e.g. a seeded reservoir of evaluation tokens, for the report's
+plots. The runner stores them inside that metric's cached shard (so resumed and cached runs reproduce them
+exactly) and writes them to `DIR/<metric group>/<file_stem(sae_id)>.csv`, one file per SAE.
 """
 
 from __future__ import annotations
@@ -80,6 +85,16 @@ class StreamingMetric(Protocol):
     def update(self, batch: SaeBatch) -> None: ...
 
     def compute(self) -> list[MetricValue]: ...
+
+
+Samples = dict[str, list[float]]
+"""Named per-token columns of equal length (a sample a metric keeps for the report's plots)."""
+
+
+class SamplingMetric(StreamingMetric, Protocol):
+    """A stream accumulator that also keeps a per-token sample; None when it has nothing to show."""
+
+    def samples(self) -> Samples | None: ...
 
 
 @dataclass(frozen=True)

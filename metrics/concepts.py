@@ -2,8 +2,8 @@
 
 Per (latent, label) we stream the count of tokens where the latent fires and the label is present. F1 of
 "label present" as a predictor of "latent fires" is 2·TP / (n_label + n_fire). The best label per latent is
-emitted as its index (`concept_best_index`); the runner maps it to a name through ctx.label_names for
-features.csv's `concept_best`.
+emitted as its index (`concept_best_index`); the runner stores ctx.label_names in this metric's shard and
+reports.tables maps the index to features.csv's `concept_best` (the label's name) from there.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ def f1_matrix(tp_FL: torch.Tensor, fires_F: torch.Tensor, label_counts_L: torch.
     produces=("concept_aligned_frac", "concept_coverage"),
     per_latent=("concept_best_f1", "concept_best_index"),
     requires=("labels",),
+    version=2,  # v2 shards carry the label names that concept_best_index refers to
 )
 class ConceptAlignment:
     """Streams co-occurrence counts of latent firing and label presence."""

@@ -5,7 +5,8 @@ Besides the CONTRACT files, two optional artefacts feed the report:
   `{"latent": int, "kind": "top"|"iw"|"random"|..., "tokens": [str, ...], "activations": [float, ...]}`
   (the autointerp example store's windows; the report's feature cards show the `top` ones).
 - `DIR/afa/<file_stem(sae_id)>.csv`: a per-token sample with columns `z_norm, ftilde_norm[, eps_lbo]`
-  for the AFA ‖z‖ vs ‖f̃‖ scatter (a few thousand tokens are plenty).
+  for the AFA ‖z‖ vs ‖f̃‖ scatter (the runner writes a seeded reservoir of 4,096 tokens: metrics/afa.py).
+run.json's `saes` list (`sae_id`, `content_hash`) identifies one SAE across folders when merging.
 """
 
 from __future__ import annotations
@@ -134,11 +135,23 @@ def _read_run_json(run_dir: Path) -> dict[str, JsonValue]:
     return loaded if isinstance(loaded, dict) else {}
 
 
+def content_hashes(info: dict[str, JsonValue]) -> dict[str, str]:
+    """sae_id -> SAE content hash, from run.json's `saes` list (evalkit.run_cli writes `content_hash`)."""
+    saes = info.get("saes")
+    entries = saes if isinstance(saes, list) else []
+    return {
+        str(e["sae_id"]): str(e["content_hash"])
+        for e in entries
+        if isinstance(e, dict) and e.get("sae_id") is not None and e.get("content_hash")
+    }
+
+
 def _identity(df: pd.DataFrame) -> pd.Series:
-    """Same SAE content in two folders: `sae_hash` when the runner writes it, else sae_id + sae_path."""
-    if "sae_hash" in df.columns and df["sae_hash"].notna().all():
-        return df["sae_hash"].astype(str)
-    return df["sae_id"].astype(str) + "\x00" + df["sae_path"].fillna("").astype(str)
+    """Same SAE content in two folders: its content hash (run.json) where known, else sae_id + sae_path."""
+    fallback = "id:" + df["sae_id"].astype(str) + "\x00" + df["sae_path"].fillna("").astype(str)
+    if "sae_hash" not in df.columns:
+        return fallback
+    return ("hash:" + df["sae_hash"].astype(str)).where(df["sae_hash"].notna(), fallback)
 
 
 def _merge_results(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -156,10 +169,11 @@ def _merge_results(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def family_labels(saes: pd.DataFrame) -> pd.Series:
-    """A family is one architecture (+ aligned flag, carried by results.csv's `family`) at one hook and width.
+    """A family is one architecture (+ aligned flag) at one hook and width (METRICS.md).
 
-    The label is the `family` value (architecture when empty), with `@hook` added when the run spans
-    several hooks and `/d_sae` added when that family name spans several widths.
+    The label is results.csv's `family` value — evalkit writes `{architecture}[+aligned]|{hook}|{d_sae}`,
+    which is already one family — or the architecture when empty. `@hook` is added only when one such name
+    spans several hooks, and `/d_sae` when it spans several widths (families from other tools' names).
     """
     base = (
         saes["family"]
@@ -167,8 +181,8 @@ def family_labels(saes: pd.DataFrame) -> pd.Series:
         .fillna("?")
     )
     label = base.astype(str)
-    if saes["hook"].nunique(dropna=True) > 1:
-        label = label + "@" + saes["hook"].fillna("?").astype(str)
+    hooks = saes.groupby(label)["hook"].transform(lambda s: s.nunique(dropna=True))
+    label = label.where(hooks <= 1, label + "@" + saes["hook"].fillna("?").astype(str))
     widths = saes.groupby(label)["d_sae"].transform(lambda s: s.nunique(dropna=True))
     multi = widths > 1
     label = label.where(~multi, label + "/" + saes["d_sae"].astype(str))
@@ -219,8 +233,11 @@ def load_run(*dirs: str | Path) -> RunTables:
     for p in paths:
         if not p.is_dir():
             raise EvalkitInputError(p, "not a folder")
-    results = _merge_results([_read_results(p) for p in paths])
     run_info = [_read_run_json(p) for p in paths]
+    frames = [_read_results(p) for p in paths]
+    for df, info in zip(frames, run_info, strict=True):
+        df["sae_hash"] = df["sae_id"].astype(str).map(content_hashes(info))
+    results = _merge_results(frames).drop(columns="sae_hash")
     missing = [f"{p}/run.json" for p, info in zip(paths, run_info, strict=True) if not info]
     features = _concat_optional(paths, "features", ("sae_id", "latent"), missing)
     autointerp = _concat_optional(paths, "autointerp", ("sae_id", "latent", "scorer", "score"), missing)

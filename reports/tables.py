@@ -45,6 +45,8 @@ RESULTS_COLUMNS = (
 SAE_COLUMNS = RESULTS_COLUMNS[:8]
 FEATURES_PARQUET_ROWS = 1_000_000
 """features.csv becomes features.parquet above this many (SAE, latent) rows."""
+LABEL_INDEX_COLUMNS = {"concept_best_index": "concept_best"}
+"""Per-latent metrics holding an index into the run's label names -> the features.csv column of names."""
 
 # SAEBench core-eval categories -> (their key, our metric) pairs.
 SAEBENCH_CATEGORIES: dict[str, tuple[tuple[str, str], ...]] = {
@@ -144,15 +146,28 @@ def summary_text(outputs: Sequence[SaeOutput]) -> str:
     return _csv_text([*SAE_COLUMNS, *metric_names], rows)
 
 
+def _label_name(index: float, names: Sequence[str]) -> str | None:
+    i = int(index)
+    return names[i] if float(i) == index and 0 <= i < len(names) else None
+
+
 def features_frame(outputs: Sequence[SaeOutput]) -> pd.DataFrame | None:
-    records: dict[tuple[int, int], dict[str, float]] = {}
+    """One row per (SAE, latent). A per-latent label index (LABEL_INDEX_COLUMNS) also gets a column of label
+    names, taken from the shard that holds the index, so results.csv stays numeric."""
+    records: dict[tuple[int, int], dict[str, float | str | None]] = {}
     columns: dict[str, None] = {}
     for i, o in enumerate(outputs):
         for sh in o.shards:
             for v in sh.values:
-                if v.latent is not None:
-                    records.setdefault((i, v.latent), {})[v.metric] = float(v.value)
-                    columns[v.metric] = None
+                if v.latent is None:
+                    continue
+                row = records.setdefault((i, v.latent), {})
+                name_col = LABEL_INDEX_COLUMNS.get(v.metric)
+                if name_col is not None and sh.label_names:
+                    row[name_col] = _label_name(float(v.value), sh.label_names)
+                    columns[name_col] = None
+                row[v.metric] = float(v.value)
+                columns[v.metric] = None
     if not records:
         return None
     keys = sorted(records)
@@ -160,7 +175,8 @@ def features_frame(outputs: Sequence[SaeOutput]) -> pd.DataFrame | None:
         {"sae_id": [outputs[i].handle.sae_id for i, _ in keys], "latent": [lat for _, lat in keys]}
     )
     for col in columns:
-        frame[col] = [records[k].get(col, float("nan")) for k in keys]
+        missing = None if col in LABEL_INDEX_COLUMNS.values() else float("nan")
+        frame[col] = [records[k].get(col, missing) for k in keys]
     return frame
 
 
@@ -175,6 +191,17 @@ def _write_features(out_dir: Path, outputs: Sequence[SaeOutput]) -> None:
         return
     rows = frame.astype(object).where(frame.notna(), None).values.tolist()
     atomic_write_text(out_dir / "features.csv", _csv_text(list(frame.columns), rows))
+
+
+def _write_samples(out_dir: Path, o: SaeOutput) -> None:
+    """Each shard's per-token sample to DIR/<folder>/<stem>.csv (the report's AFA scatter reads DIR/afa/)."""
+    for sh in o.shards:
+        if sh.samples is None:
+            continue
+        names = list(sh.samples.columns)
+        rows = list(zip(*sh.samples.columns.values(), strict=True))
+        path = out_dir / sh.samples.folder / f"{file_stem(o.handle.sae_id)}.csv"
+        atomic_write_text(path, _csv_text(names, rows))
 
 
 def saebench_core_json(o: SaeOutput, eval_config: dict[str, JsonValue]) -> dict[str, JsonValue]:
@@ -235,4 +262,5 @@ def write_outputs(
         doc = saebench_core_json(o, {**eval_config, "hook_name": o.hook})
         path = out_dir / "saebench" / f"{file_stem(o.handle.sae_id)}_core_eval_results.json"
         atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
+        _write_samples(out_dir, o)
     atomic_write_text(out_dir / "run.json", json.dumps(run_info, indent=2, default=str) + "\n")
