@@ -28,6 +28,7 @@ VOLATILE_KEYS = frozenset(
         "sae_lens_version",
         "sae_lens_training_version",
         "neuronpedia_id",
+        "evalkit_zoo",  # the zoo entry's name, which carries the seed (topk_k32_seed1)
     }
 )
 NOT_CONTENT_KEYS = frozenset({"device"})

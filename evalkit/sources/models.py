@@ -1,0 +1,144 @@
+"""Model-backed sources: load any transformer-lens model (HF name or an evalkit folder), run it to a hook,
+stream.
+
+`ModelSource` is also the handle the runner uses for downstream metrics: it exposes `.model`, `.hook_name`,
+`.layer` (the block the hook belongs to, for `start_at_layer` splicing) and `token_batches()`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from transformer_lens import HookedTransformer
+
+from evalkit.batch import ActivationBatch
+from evalkit.errors import EvalkitInputError
+from evalkit.registry import Registry
+from evalkit.sources.base import SourceInfo, positions_like, special_mask
+from evalkit.world.model import is_world_model_folder, load_world_model
+
+log = logging.getLogger(__name__)
+
+DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+}
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    reg: Registry[torch.dtype] = Registry("dtype")
+    for key, value in DTYPES.items():
+        reg.add(key, value)
+    return reg.get(str(name).removeprefix("torch."), where="--dtype")
+
+
+def load_model(
+    name_or_path: str | Path, device: str = "cpu", dtype: str | torch.dtype = "float32"
+) -> HookedTransformer:
+    """A local folder evalkit wrote (weights, config, tokenizer), or a transformer-lens pretrained model
+    name."""
+    torch_dtype = parse_dtype(dtype)
+    path = Path(name_or_path)
+    if path.exists():
+        if not is_world_model_folder(path):
+            raise EvalkitInputError(
+                path,
+                "not a model folder evalkit can load (expected evalkit_model.json and "
+                "model.safetensors); pass a Hugging Face model name for pretrained models",
+            )
+        return load_world_model(path, device=device, dtype=torch_dtype)
+    try:
+        return HookedTransformer.from_pretrained(str(name_or_path), device=device, dtype=torch_dtype)
+    except (ValueError, OSError) as exc:
+        raise EvalkitInputError(str(name_or_path), f"cannot load model ({exc})") from None
+
+
+def resolve_hook(model: HookedTransformer, hook_name: str) -> str:
+    """The hook name itself when the model has it; otherwise bad input listing the closest names."""
+    hooks: Registry[str] = Registry("hook")
+    for name in model.hook_dict:
+        hooks.add(name, name)
+    return hooks.get(hook_name, where="--hook")
+
+
+def hook_layer(hook_name: str) -> int | None:
+    """Block index of a `blocks.L.*` hook (None for embedding/final hooks)."""
+    parts = hook_name.split(".")
+    return int(parts[1]) if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit() else None
+
+
+def model_special_ids(model: HookedTransformer) -> tuple[int, ...]:
+    tok = model.tokenizer
+    if tok is None:
+        return ()
+    ids = {tok.bos_token_id, tok.eos_token_id, tok.pad_token_id}
+    return tuple(sorted(i for i in ids if i is not None))
+
+
+class ModelSource:
+    """Activations of `model` at `hook_name` over token batches from `make_token_batches()` (called once per
+    pass)."""
+
+    def __init__(
+        self,
+        model: HookedTransformer,
+        hook_name: str,
+        make_token_batches: Callable[[], Iterator[torch.Tensor]],
+        info: SourceInfo,
+        label_fn: Callable[[int, int], torch.Tensor] | None = None,
+        label_names: tuple[str, ...] = (),
+    ) -> None:
+        self.model = model
+        self.hook_name = resolve_hook(model, hook_name)
+        self.layer = hook_layer(self.hook_name)
+        self._make_token_batches = make_token_batches
+        self.info = info
+        self.special_ids = model_special_ids(model)
+        self._label_fn = label_fn
+        self.label_names = label_names
+        self._d_in: int | None = None
+
+    @property
+    def d_in(self) -> int:
+        """Width of the hook's activations, found with one 2-token forward pass (hooks differ: resid, z,
+        mlp)."""
+        if self._d_in is None:
+            probe = torch.zeros((1, 2), dtype=torch.int64, device=self.model.cfg.device)
+            self._d_in = int(self.activations(probe).shape[-1])
+        return self._d_in
+
+    def token_batches(self) -> Iterator[torch.Tensor]:
+        """The token batches [n_seq, seq_len] of one pass, on the model's device."""
+        for tokens in self._make_token_batches():
+            yield tokens.to(self.model.cfg.device)
+
+    @torch.no_grad()
+    def activations(self, tokens_BS: torch.Tensor) -> torch.Tensor:
+        """Hook activations [n_seq, seq_len, d] as float32, running the model only as far as the hook's
+        block."""
+        stop = self.layer + 1 if self.layer is not None and self.layer + 1 < self.model.cfg.n_layers else None
+        _, cache = self.model.run_with_cache(tokens_BS, names_filter=self.hook_name, stop_at_layer=stop)
+        acts = cache[self.hook_name].float()
+        # Per-head hooks ([B, S, heads, d_head]) are flattened over heads, as sae-lens does for hook_z SAEs.
+        return acts.flatten(2) if acts.ndim == 4 else acts
+
+    def __iter__(self) -> Iterator[ActivationBatch]:
+        row = 0
+        for tokens in self.token_batches():
+            labels = self._label_fn(row, len(tokens)) if self._label_fn is not None else None
+            row += len(tokens)
+            yield ActivationBatch(
+                acts_BSD=self.activations(tokens),
+                positions_BS=positions_like(tokens),
+                special_BS=special_mask(tokens, self.special_ids),
+                tokens_BS=tokens,
+                labels_BSL=None if labels is None else labels.to(tokens.device),
+                label_names=self.label_names if labels is not None else (),
+            )

@@ -1,0 +1,282 @@
+"""The SAE zoo: every variant, sparsity sweeps and seed replicas, trained by SAETrainer on the world.
+
+All SAEs read the same cached hook activations (BOS excluded; sentence delimiters with their massive
+component kept). Training runs on activations divided by one scalar c (median token norm / sqrt(d_in)),
+which keeps sae-lens' default initialisation and learning rates in range. The saved SAE is then rescaled
+to raw activations exactly, by multiplying its latents by c: every bias and threshold is multiplied by c,
+the weights stay as trained (so unit decoder rows and the aligned constraint survive), and for cosine SAEs
+the log-scale b absorbs (1 - a)·ln c.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+import evalkit  # noqa: F401  (registers evalkit's variants into sae-lens)
+from evalkit.world.build import World
+from evalkit.world.cache import cache_root, cached_entry
+
+log = logging.getLogger(__name__)
+
+ZOO_VERSION = 1
+# Inference parameters that live in activation units: they scale with c when the SAE moves to raw activations.
+SCALED_PARAMS = ("b_enc", "b_dec", "b_gate", "b_mag", "threshold")
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One SAE of the zoo: folder name, sae-lens training architecture, config fields, seed, step budget."""
+
+    name: str
+    architecture: str
+    params: dict[str, float | int | str | bool | list[int]] = field(default_factory=dict)
+    seed: int = 0
+    steps: int = 120
+
+
+def _sweep(
+    prefix: str, arch: str, key: str, values: tuple[float, ...], steps: int, **extra: object
+) -> list[ZooEntry]:
+    return [ZooEntry(f"{prefix}_{key}{v:g}", arch, {key: v, **extra}, 0, steps) for v in values]  # type: ignore[dict-item]
+
+
+def _seeds(
+    prefix: str, arch: str, params: dict[str, object], seeds: tuple[int, ...], steps: int
+) -> list[ZooEntry]:
+    tag = "_".join(
+        f"{k}{v:g}" for k, v in params.items() if isinstance(v, float | int) and not isinstance(v, bool)
+    )
+    return [ZooEntry(f"{prefix}_{tag}_seed{s}", arch, dict(params), s, steps) for s in seeds]  # type: ignore[arg-type]
+
+
+def zoo_entries(d_sae: int, steps: int = 120, ks: tuple[int, ...] = (16, 32, 64)) -> list[ZooEntry]:
+    """The zoo of WORLD.md: every variant; sparsity sweeps for standard/topk/batchtopk/cosine/aligned topk;
+    3 seeds for topk, aligned topk and cosine (at the middle k; seed 0 is the sweep's own member)."""
+    mid = ks[len(ks) // 2]
+    widths = [d_sae // 16, d_sae // 4, d_sae]
+    cos_steps = 2 * steps  # the cosine exponent a needs longer to settle
+    # sae-lens rescales TopK latents by decoder norms by default; here that left ~1.5x more dead latents.
+    plain = {"rescale_acts_by_decoder_norm": False}
+    entries = [
+        *_sweep("standard", "standard", "l1_coefficient", (1.0, 3.0, 10.0), steps),
+        *_sweep("topk", "topk", "k", tuple(float(k) for k in ks), steps, **plain),
+        *_seeds("topk", "topk", {"k": mid, **plain}, (1, 2), steps),
+        *_sweep("batchtopk", "batchtopk", "k", tuple(float(k) for k in ks), steps, **plain),
+        ZooEntry(
+            f"matryoshka_k{mid}",
+            "matryoshka_batchtopk",
+            {"k": mid, "matryoshka_widths": widths, **plain},
+            0,
+            steps,
+        ),
+        ZooEntry("jumprelu", "jumprelu", {"l0_coefficient": 2.0, "jumprelu_init_threshold": 0.1}, 0, steps),
+        ZooEntry("gated", "gated", {"l1_coefficient": 3.0}, 0, steps),
+        *_sweep("cosine", "cosine", "k", tuple(float(k) for k in ks), cos_steps),
+        *_seeds("cosine", "cosine", {"k": mid}, (1, 2), cos_steps),
+        ZooEntry(f"cosine_perfeature_k{mid}", "cosine", {"k": mid, "per_feature": True}, 0, cos_steps),
+        *_sweep("aligned_topk", "aligned_topk", "k", tuple(float(k) for k in ks), steps),
+        *_seeds("aligned_topk", "aligned_topk", {"k": mid}, (1, 2), steps),
+        ZooEntry("topafa", "topafa", {}, 0, steps),
+    ]
+    # Integer k for every top-k family member (sae-lens topk wants an int).
+    return [
+        ZooEntry(e.name.replace(".0", ""), e.architecture, _int_k(e.params), e.seed, e.steps) for e in entries
+    ]
+
+
+def _int_k(params: dict[str, object]) -> dict[str, object]:
+    return {k: (int(v) if k == "k" else v) for k, v in params.items()}  # type: ignore[misc]
+
+
+@dataclass(frozen=True)
+class ZooSize:
+    d_sae_multiple: int = 8
+    steps: int = 120
+    batch_size: int = 512
+    lr: float = 1e-3
+    ks: tuple[int, ...] = (16, 32, 64)
+    dead_window: int = 20
+    data_init: bool = True
+    """Decoder directions start at random ordinary tokens: here it cut dead TopK latents by ~30-50%."""
+    """Steps without firing after which a latent counts as dead for the auxiliary-k loss."""
+
+
+ZOO_SIZES = {"default": ZooSize(), "small": ZooSize(d_sae_multiple=4, steps=6, batch_size=64, ks=(4, 8, 12))}
+
+
+def training_tokens(world: World) -> torch.Tensor:
+    """The cached hook activations [n_tokens, d] without BOS, in a fixed order."""
+    stored = load_file(str(world.activations_path))
+    acts_NSD, tokens_NS = stored["activations"], stored["tokens"]
+    bos = int(tokens_NS[0, 0])
+    return acts_NSD[tokens_NS != bos].contiguous()
+
+
+def activation_scale(acts_ND: torch.Tensor) -> float:
+    """c = median token norm / sqrt(d_in): after dividing by c a typical token has norm sqrt(d_in)."""
+    return float(acts_ND.norm(dim=-1).median()) / math.sqrt(acts_ND.shape[-1])
+
+
+def _batches(acts_ND: torch.Tensor, batch_size: int, seed: int, on_step: object) -> Iterator[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(len(acts_ND), generator=gen)
+        for i in range(0, len(order) - batch_size + 1, batch_size):
+            on_step()  # type: ignore[operator]
+            yield acts_ND[order[i : i + batch_size]]
+
+
+def rescale_saved_sae(folder: Path, c: float) -> None:
+    """Make a saved SAE trained on x / c compute c·f(x / c) on raw x: latents ×c, output in raw units."""
+    path = folder / "sae_weights.safetensors"
+    state = load_file(str(path))
+    cfg = json.loads((folder / "cfg.json").read_text())
+    for key in SCALED_PARAMS:
+        if key in state:
+            state[key] = state[key] * c
+    if cfg.get("architecture") == "cosine":
+        state["b"] = state["b"] + (1.0 - state["a"]) * math.log(c)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+
+
+@torch.no_grad()
+def _init_from_data(sae: torch.nn.Module, scaled_ND: torch.Tensor, seed: int, directions: bool) -> None:
+    """b_dec at the coordinate-wise median (robust to the massive tokens); optionally decoder directions at
+    random centred data points (norms kept), encoder tied to the decoder as sae-lens initialises it."""
+    sae.b_dec.copy_(scaled_ND.median(dim=0).values)
+    if not directions:
+        return
+    gen = torch.Generator().manual_seed(seed)
+    # Ordinary tokens only: the massive ones all point the same way, so latents started there compete and die.
+    norms_N = scaled_ND.norm(dim=1)
+    ordinary = scaled_ND[norms_N < 5 * norms_N.median()]
+    picks = ordinary[torch.randint(len(ordinary), (sae.W_dec.shape[0],), generator=gen)] - sae.b_dec
+    norms = sae.W_dec.norm(dim=1, keepdim=True)
+    sae.W_dec.copy_(picks / picks.norm(dim=1, keepdim=True).clamp_min(1e-6) * norms)
+    sae.W_enc.copy_(sae.W_dec.T)
+
+
+def train_one(
+    entry: ZooEntry,
+    acts_ND: torch.Tensor,
+    c: float,
+    world: World,
+    zoo: ZooSize,
+    out: Path,
+) -> tuple[dict[str, object], torch.nn.Module]:
+    """Train one SAE with sae-lens' SAETrainer on acts / c; save it (inference format, raw units) into `out`.
+
+    Returns its record for zoo.json and the trained (training-class) SAE, which works in units of acts / c.
+    """
+    from sae_lens.config import LoggingConfig, SAETrainerConfig
+    from sae_lens.registry import get_sae_training_class
+    from sae_lens.saes.sae import SAEMetadata
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    sae_cls, cfg_cls = get_sae_training_class(entry.architecture)
+    d_in = acts_ND.shape[-1]
+    metadata = SAEMetadata(
+        model_name=str(world.model_dir),
+        hook_name=world.hook_name,
+        seed=entry.seed,
+        evalkit_zoo=entry.name,
+        trained_on=world.fingerprint,
+        activation_scale=c,
+    )
+    extra = {"aux_loss_coefficient": 1 / 32} if "aux_loss_coefficient" in cfg_cls.__dataclass_fields__ else {}
+    cfg = cfg_cls(
+        d_in=d_in,
+        d_sae=zoo.d_sae_multiple * d_in,
+        dtype="float32",
+        device="cpu",
+        metadata=metadata,
+        **{**extra, **entry.params},
+    )
+    torch.manual_seed(entry.seed)
+    sae = sae_cls(cfg)
+    _init_from_data(sae, acts_ND / c, entry.seed, zoo.data_init)
+    trajectory: list[dict[str, float]] = []
+    steps = [0]
+
+    def on_step() -> None:
+        if hasattr(sae, "a") and steps[0] % 5 == 0:
+            trajectory.append(
+                {
+                    "step": steps[0],
+                    "a_mean": float(sae.a.detach().mean()),
+                    "a_median": float(sae.a.detach().median()),
+                }
+            )
+        steps[0] += 1
+
+    trainer_cfg = SAETrainerConfig(
+        total_training_samples=entry.steps * zoo.batch_size,
+        train_batch_size_samples=zoo.batch_size,
+        lr=zoo.lr,
+        lr_end=zoo.lr,
+        lr_warm_up_steps=5,
+        dead_feature_window=zoo.dead_window,
+        feature_sampling_window=entry.steps,
+        logger=LoggingConfig(log_to_wandb=False),
+        n_batches_for_norm_estimate=1,
+    )
+    data = _batches(acts_ND / c, zoo.batch_size, 1000 + entry.seed, on_step)
+    t0 = time.perf_counter()
+    SAETrainer(trainer_cfg, sae, data).fit()
+    seconds = time.perf_counter() - t0
+    sae.save_inference_model(out)
+    rescale_saved_sae(out, c)
+    record: dict[str, object] = {**asdict(entry), "train_seconds": seconds}
+    if trajectory:
+        trajectory.append(
+            {
+                "step": steps[0],
+                "a_mean": float(sae.a.detach().mean()),
+                "a_median": float(sae.a.detach().median()),
+            }
+        )
+        (out / "cosine_a_trajectory.json").write_text(json.dumps(trajectory, indent=1))
+        record["a_final"] = trajectory[-1]["a_mean"]
+    return record, sae
+
+
+def _build_zoo(folder: Path, world: World, zoo: ZooSize) -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as for the world: same reduction order everywhere, no spinning threads
+    try:
+        _train_all(folder, world, zoo)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_all(folder: Path, world: World, zoo: ZooSize) -> None:
+    acts_ND = training_tokens(world)
+    c = activation_scale(acts_ND)
+    records = []
+    for entry in zoo_entries(zoo.d_sae_multiple * world.d_model, zoo.steps, zoo.ks):
+        log.info("zoo: training %s (%s, %d steps)", entry.name, entry.architecture, entry.steps)
+        records.append(train_one(entry, acts_ND, c, world, zoo, folder / entry.name)[0])
+    (folder / "zoo.json").write_text(
+        json.dumps({"activation_scale": c, "n_train_tokens": len(acts_ND), "saes": records}, indent=1)
+    )
+
+
+def build_zoo(world: World, cache_dir: Path | str | None = None, size: str | None = None) -> Path:
+    """Train (or load from the cache) the SAE zoo for `world`: a folder with one sae-lens folder per SAE."""
+    size = size or world.fingerprint.split(":")[1]
+    zoo = ZOO_SIZES[size if size in ZOO_SIZES else "default"]
+    config = {"zoo_version": ZOO_VERSION, "world": world.fingerprint, **asdict(zoo)}
+    root = cache_root(cache_dir) if cache_dir is not None else world.root.parent.parent
+    return cached_entry(root, "zoo", config, lambda folder: _build_zoo(folder, world, zoo))
+
+
+__all__ = ["ZOO_SIZES", "ZooEntry", "build_zoo", "rescale_saved_sae", "zoo_entries"]

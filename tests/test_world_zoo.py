@@ -1,0 +1,138 @@
+"""The SAE zoo: its composition, and that each variant trains with SAETrainer and loads back with sae-lens."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import replace
+
+import pytest
+import torch
+from sae_lens import SAE
+
+from evalkit.world import build_world
+from evalkit.world.zoo import ZOO_SIZES, ZooEntry, activation_scale, train_one, training_tokens, zoo_entries
+
+# Architectures whose training forward pass equals the inference one (batch top-k differs by design).
+SAME_FORWARD = {"standard", "topk", "jumprelu", "gated", "cosine", "aligned_topk", "topafa"}
+SAVED_AS = {"batchtopk": "jumprelu", "matryoshka_batchtopk": "jumprelu", "aligned_topk": "topk"}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return build_world(tmp_path_factory.getbasetemp() / "world-cache", size="small")
+
+
+def test_zoo_composition() -> None:
+    entries = zoo_entries(d_sae=1024)
+    archs = Counter(e.architecture for e in entries)
+    for arch in (
+        "standard",
+        "topk",
+        "batchtopk",
+        "matryoshka_batchtopk",
+        "jumprelu",
+        "gated",
+        "cosine",
+        "aligned_topk",
+        "topafa",
+    ):
+        assert archs[arch] >= 1, arch
+    assert any(e.architecture == "cosine" and e.params.get("per_feature") for e in entries)
+    assert any(e.architecture == "cosine" and not e.params.get("per_feature") for e in entries)
+    for arch, key in (
+        ("standard", "l1_coefficient"),
+        ("topk", "k"),
+        ("batchtopk", "k"),
+        ("cosine", "k"),
+        ("aligned_topk", "k"),
+    ):
+        levels = {
+            e.params[key]
+            for e in entries
+            if e.architecture == arch and e.seed == 0 and not e.params.get("per_feature")
+        }
+        assert len(levels) >= 3, arch
+    for arch in ("topk", "aligned_topk", "cosine"):
+        seeds = Counter((json.dumps(e.params, sort_keys=True)) for e in entries if e.architecture == arch)
+        assert max(seeds.values()) >= 3, arch
+    assert len({e.name for e in entries}) == len(entries)
+    assert all(isinstance(e.params.get("k", 1), int) for e in entries)
+
+
+def test_every_variant_trains_and_loads_with_sae_lens(world, tmp_path) -> None:
+    acts = training_tokens(world)
+    c = activation_scale(acts)
+    assert c > 0
+    zoo = replace(ZOO_SIZES["small"], steps=3)
+    by_arch = {}
+    for entry in zoo_entries(zoo.d_sae_multiple * world.d_model, zoo.steps, zoo.ks):
+        by_arch.setdefault((entry.architecture, bool(entry.params.get("per_feature"))), entry)
+    x = acts[:256]
+    for (arch, _), entry in by_arch.items():
+        out = tmp_path / entry.name
+        record, trained = train_one(entry, acts, c, world, zoo, out)
+        loaded = SAE.load_from_disk(str(out))
+        cfg = json.loads((out / "cfg.json").read_text())
+        assert cfg["architecture"] == SAVED_AS.get(arch, arch)
+        assert cfg["metadata"]["hook_name"] == world.hook_name
+        assert loaded.cfg.d_sae == zoo.d_sae_multiple * world.d_model
+        with torch.no_grad():
+            assert torch.isfinite(loaded(x)).all()
+            if arch in SAME_FORWARD:
+                # float64: no latent sits within rounding error of a threshold or of the k-th score
+                recon = loaded.double()(x.double())
+                torch.testing.assert_close(
+                    recon, c * trained.double()(x.double() / c), rtol=1e-5, atol=1e-5 * c
+                )
+                loaded.float()
+        if arch == "aligned_topk":
+            assert cfg["metadata"].get("aligned") is True
+            W_dec = loaded.W_dec.detach()
+            torch.testing.assert_close(W_dec.norm(dim=1), torch.ones(len(W_dec)), rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(
+                (loaded.W_enc.detach().T * W_dec).sum(1), torch.ones(len(W_dec)), rtol=1e-4, atol=1e-4
+            )
+        if arch == "cosine":
+            trajectory = json.loads((out / "cosine_a_trajectory.json").read_text())
+            assert trajectory[0]["step"] == 0 and trajectory[-1]["step"] == entry.steps
+            assert record["a_final"] == trajectory[-1]["a_mean"]
+
+
+def test_zoo_entry_is_plain_data() -> None:
+    entry = ZooEntry("x", "topk", {"k": 4}, seed=2, steps=5)
+    assert entry.params == {"k": 4} and entry.seed == 2
+
+
+@pytest.mark.slow
+def test_default_world_and_zoo() -> None:
+    """The full-size world and zoo (minutes; cached under EVALKIT_CACHE or ~/.cache/evalkit)."""
+    from evalkit.world import build_zoo
+
+    world = build_world(size="default")
+    history = world.info["history"]
+    losses = [p["heldout_loss"] for p in history]
+    assert losses[-1] < 0.6 * world.info["unigram_entropy"]
+    after_400 = [p["heldout_loss"] for p in history if p["step"] >= 400]
+    assert after_400[-1] < after_400[0]  # still falling well past the first few hundred steps
+    assert world.info["norms"]["planted_over_median"]["."] >= 20
+    zoo = build_zoo(world)
+    names = [s["name"] for s in json.loads((zoo / "zoo.json").read_text())["saes"]]
+    assert len(names) >= 26
+    for name in names:
+        sae = SAE.load_from_disk(str(zoo / name))
+        assert sae.cfg.d_in == world.d_model and sae.cfg.d_sae == 8 * world.d_model
+
+
+def test_small_zoo_builds_are_bit_identical(world, tmp_path) -> None:
+    from evalkit.world import build_zoo
+    from evalkit.world.cache import MANIFEST
+
+    def content(root):
+        files = json.loads((root / MANIFEST).read_text())["files"]
+        return {rel: info["sha256"] for rel, info in files.items() if rel != "zoo.json"}  # has timings
+
+    first = build_zoo(world, cache_dir=tmp_path / "a")
+    second = build_zoo(world, cache_dir=tmp_path / "b")
+    assert first != second and content(first) == content(second)
+    assert sum(rel.endswith("sae_weights.safetensors") for rel in content(first)) == 26
