@@ -1,0 +1,135 @@
+"""`evalkit demo`: the embedded world, its SAE zoo, every metric on every zoo SAE, and one report.
+
+The demo is a thin driver, not a second pipeline: it builds (or reuses from the cache) the world and the zoo,
+then hands the zoo folder to the very code `evalkit run` executes (`run_cli.run_command`, through the run
+parser, so every default is the run command's), and finally writes report.html with `reports.write_report`.
+Results land in the output folder's results store, so a second demo into the same folder recomputes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from threadpoolctl import threadpool_limits
+
+from evalkit.world import SIZES, World, build_world
+
+log = logging.getLogger(__name__)
+
+DEMO_METRICS = "all"
+DEMO_AUTOINTERP = "baseline"
+DEFAULT_OUT = Path("evalkit-out")
+
+
+@dataclass
+class DemoResult:
+    """What a demo produced: the report, the folders it used, and the wall time of each stage (seconds)."""
+
+    report_path: Path
+    out_dir: Path
+    world_root: Path
+    zoo_dir: Path
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "demo",
+        help="build the embedded world and SAE zoo, evaluate every metric on every SAE, write report.html",
+        description="Build (or reuse from the cache) the embedded world and its SAE zoo, run every metric "
+        f"group (--metrics {DEMO_METRICS}, --autointerp {DEMO_AUTOINTERP}) on every zoo SAE with the same "
+        "runner `evalkit run` uses, and write all outputs and report.html into --out. The cache folder is "
+        "$EVALKIT_CACHE (default ~/.cache/evalkit).",
+    )
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}/)")
+    p.add_argument(
+        "--size",
+        choices=sorted(SIZES),
+        default="default",
+        help="world and zoo size; 'small' is a seconds-scale version for tests (default: default)",
+    )
+    p.add_argument("--force", action="store_true", help="recompute results already cached in --out")
+    p.set_defaults(func=demo_command)
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    result = run_demo(args.out, size=args.size, force=args.force)
+    log.info("demo finished in %.0f s; open %s", sum(result.timings_s.values()), result.report_path)
+    return 0
+
+
+def build_demo_zoo(world: World, cache_dir: Path | str | None = None) -> Path:
+    """The zoo folder for `world` (built or cached); the zoo's size follows the world's."""
+    from evalkit.world import build_zoo  # lazy: it pulls in sae-lens training code
+
+    return Path(build_zoo(world, cache_dir=cache_dir))
+
+
+def run_arguments(out_dir: Path, zoo_dir: Path, world: World, force: bool = False) -> argparse.Namespace:
+    """The `evalkit run` arguments the demo stands for, parsed by the run command's own parser."""
+    from evalkit import run_cli
+
+    parser = argparse.ArgumentParser(prog="evalkit")
+    run_cli.add_commands(parser.add_subparsers(dest="command"))
+    argv = ["run", "--sae", str(zoo_dir), "--metrics", DEMO_METRICS, "--autointerp", DEMO_AUTOINTERP]
+    argv += ["--out", str(out_dir)] + (["--force"] if force else [])
+    args = parser.parse_args(argv)
+    # The world object itself (not only its size) selects the embedded-world source, so a non-default size or
+    # cache folder evaluates on the same world the zoo was trained on.
+    args.world = world
+    return args
+
+
+def _timed(timings: dict[str, float], stage: str, t0: float) -> None:
+    timings[stage] = round(time.perf_counter() - t0, 3)
+    log.info("demo: %s done in %.1f s", stage, timings[stage])
+
+
+def run_demo(
+    out_dir: Path | str = DEFAULT_OUT,
+    size: str = "default",
+    cache_dir: Path | str | None = None,
+    force: bool = False,
+    zoo_dir: Path | str | None = None,
+) -> DemoResult:
+    """Build/reuse world and zoo, run every metric on every zoo SAE, write every output and report.html.
+
+    `zoo_dir` evaluates an existing folder of SAEs trained on this world instead of building the zoo.
+    """
+    from evalkit.run_cli import run_command
+    from reports import write_report
+
+    out = Path(out_dir)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    log.info("demo: building or loading the embedded world (size %s)", size)
+    world = build_world(cache_dir=cache_dir, size=size)
+    _timed(timings, "world", t0)
+
+    t0 = time.perf_counter()
+    if zoo_dir is None:
+        log.info("demo: building or loading the SAE zoo")
+        zoo = build_demo_zoo(world, cache_dir)
+    else:
+        zoo = Path(zoo_dir)
+    _timed(timings, "zoo", t0)
+
+    t0 = time.perf_counter()
+    log.info(
+        "demo: evaluating every SAE in %s (metrics %s, autointerp %s)", zoo, DEMO_METRICS, DEMO_AUTOINTERP
+    )
+    # Many tiny scikit-learn fits (probing): multi-threaded BLAS makes each one ~25x slower on 2 busy cores.
+    with threadpool_limits(limits=1, user_api="blas"):
+        status = run_command(run_arguments(out, zoo, world, force))
+    if status != 0:
+        raise RuntimeError(f"evalkit run exited with status {status}")
+    _timed(timings, "evaluation", t0)
+
+    t0 = time.perf_counter()
+    report = write_report(out)
+    _timed(timings, "report", t0)
+    return DemoResult(report, out, world.root, zoo, timings)
