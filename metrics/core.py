@@ -122,25 +122,35 @@ class Shrinkage:
         )
 
 
-@stream_metric("sparsity_codes", group="core", produces=("l0", "l1"))
+@stream_metric("sparsity_codes", group="core", produces=("l0", "l1", "l0_std"), version=2)
 class CodeSparsity:
-    """Active latents and code mass per token (f ≠ 0 counts negative codes of signed variants too)."""
+    """Active latents and code mass per token (f ≠ 0 counts negative codes of signed variants too).
+
+    `l0_std` is the per-token spread of l0 (population std): 0 for fixed-k TopK, > 0 for variants whose
+    number of active latents adapts to the token (top-AFA, JumpReLU, batch thresholds) (seed 003).
+    """
 
     def __init__(self, sae: object, ctx: EvalContext) -> None:
         self.n_tokens = 0
         self.sum_l0 = 0.0
+        self.sum_l0_sq = 0.0
         self.sum_l1 = 0.0
 
     def update(self, batch: SaeBatch) -> None:
         f_TF = batch.f_TF.detach()
         self.n_tokens += f_TF.shape[0]
-        self.sum_l0 += float((f_TF != 0).sum(dtype=torch.float64))
+        l0_T = (f_TF != 0).sum(dim=-1, dtype=torch.float64)
+        self.sum_l0 += float(l0_T.sum())
+        self.sum_l0_sq += float((l0_T * l0_T).sum())
         self.sum_l1 += float(f_TF.abs().sum(dtype=torch.float64))
 
     def compute(self) -> list[MetricValue]:
         if self.n_tokens == 0:
             return []
+        mean_l0 = self.sum_l0 / self.n_tokens
+        var_l0 = max(self.sum_l0_sq / self.n_tokens - mean_l0 * mean_l0, 0.0)
         return [
-            MetricValue("l0", self.sum_l0 / self.n_tokens),
+            MetricValue("l0", mean_l0),
             MetricValue("l1", self.sum_l1 / self.n_tokens),
+            MetricValue("l0_std", var_l0**0.5),
         ]

@@ -68,6 +68,7 @@ def test_shrinkage_and_codes_hand_computed() -> None:
     codes = values(CodeSparsity(None, CTX), [batch])
     assert codes["l0"] == pytest.approx(1.5)  # a negative code counts as active
     assert codes["l1"] == pytest.approx(1.75)
+    assert codes["l0_std"] == pytest.approx(0.5)  # per-token l0 = 1, 2
 
 
 def test_fvu_streams_exactly_with_a_large_mean() -> None:
