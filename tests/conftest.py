@@ -13,7 +13,6 @@ import torch  # noqa: E402
 
 import evalkit  # noqa: E402,F401  (registers evalkit's variants into sae-lens)
 
-
 # Tiny tensors run many times faster on one thread than on two contended cores.
 torch.set_num_threads(1)
 
