@@ -21,7 +21,9 @@ COMMAND_MODULES = ("evalkit.run_cli", "reports.cli", "evalkit.world.cli", "evalk
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="evalkit", description="Evaluate sparse autoencoders honestly and comparably.")
+    parser = argparse.ArgumentParser(
+        prog="evalkit", description="Evaluate sparse autoencoders honestly and comparably."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:

@@ -141,8 +141,10 @@ def stream_metric(name: str, *, group: str, produces: Sequence[str] = (), per_la
     return _register("stream", name, group, produces, per_latent, requires, version)
 
 
-def weights_metric(name: str, *, group: str, produces: Sequence[str] = (), per_latent: Sequence[str] = (),
-                   requires: Sequence[str] = (), version: int = 1) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def weights_metric(
+    name: str, *, group: str, produces: Sequence[str] = (), per_latent: Sequence[str] = (),
+    requires: Sequence[str] = (), version: int = 1,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a function `fn(sae, ctx) -> list[MetricValue]` of the weights alone."""
     return _register("weights", name, group, produces, per_latent, requires, version)
 
