@@ -139,3 +139,15 @@ def test_check_d_in() -> None:
     check_d_in(128, 128, "sae")
     with pytest.raises(EvalkitInputError, match="d_in=64.*d_in=128"):
         check_d_in(128, 64, "my_sae/cfg.json", "acts.npy")
+
+
+def test_relabelled_file_changes_the_fingerprint(tmp_path) -> None:
+    acts_path, labels_path = tmp_path / "a.safetensors", tmp_path / "l.safetensors"
+    save_file({"activations": _acts()}, str(acts_path))
+    meta = {"label_names": json.dumps(["x"])}
+    save_file({"labels": torch.zeros(24, 1, dtype=torch.uint8)}, str(labels_path), metadata=meta)
+    first = open_source(activations=acts_path, labels=labels_path, batch_size=8).info.fingerprint
+    again = open_source(activations=acts_path, labels=labels_path, batch_size=8).info.fingerprint
+    save_file({"labels": torch.ones(24, 1, dtype=torch.uint8)}, str(labels_path), metadata=meta)  # same name
+    relabelled = open_source(activations=acts_path, labels=labels_path, batch_size=8).info.fingerprint
+    assert first == again and relabelled != first

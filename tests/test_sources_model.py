@@ -174,3 +174,32 @@ def test_world_labels_file_matches_world_source(world) -> None:
         assert torch.equal(a.labels_BSL, b.labels_BSL)
         assert torch.equal(a.acts_BSD, b.acts_BSD)
     assert labelled.hook_name == world.hook_name  # the runner's handle survives the labels wrapper
+
+
+def test_seq_len_is_clamped_to_n_ctx_unless_asked_for(world) -> None:
+    n_ctx = world.seq_len  # the small world's model has n_ctx 32, below DEFAULT_SEQ_LEN (128)
+    assert n_ctx < 128
+    plain = open_source(model=str(world.model_dir), hook=world.hook_name, dataset=str(world.eval_text_path))
+    batch = next(iter(plain))
+    assert batch.tokens_BS.shape[1] == n_ctx  # unset: 128 clamped to n_ctx instead of crashing in the model
+    assert plain.info.details["seq_len"] == n_ctx
+    shorter = _model_source(world.__class__(**{**world.__dict__, "seq_len": 16}))
+    assert next(iter(shorter)).tokens_BS.shape[1] == 16
+    with pytest.raises(EvalkitInputError, match=f"n_ctx={n_ctx}") as exc:
+        _model_source(world.__class__(**{**world.__dict__, "seq_len": n_ctx + 1}))
+    assert "--seq-len" in str(exc.value)
+
+
+def test_dtype_applies_to_model_activations(world) -> None:
+    reference = next(iter(_model_source(world, n_tokens=world.seq_len * 2)))
+    for name, torch_dtype in (("float64", torch.float64), ("bfloat16", torch.bfloat16)):
+        source = _model_source(world, n_tokens=world.seq_len * 2, dtype=name)
+        acts = next(iter(source)).acts_BSD
+        assert acts.dtype == torch_dtype
+        torch.testing.assert_close(acts.float(), reference.acts_BSD, rtol=0.1, atol=0.1 * acts.abs().max())
+    world_acts = next(iter(open_source(world=world, n_tokens=world.seq_len, dtype="float64"))).acts_BSD
+    assert world_acts.dtype == torch.float64
+    assert (
+        open_source(world=world, dtype="float64").info.fingerprint
+        != open_source(world=world).info.fingerprint
+    )

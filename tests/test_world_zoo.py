@@ -136,3 +136,31 @@ def test_small_zoo_builds_are_bit_identical(world, tmp_path) -> None:
     second = build_zoo(world, cache_dir=tmp_path / "b")
     assert first != second and content(first) == content(second)
     assert sum(rel.endswith("sae_weights.safetensors") for rel in content(first)) == 26
+
+
+def test_ordinary_mask_hand_case() -> None:
+    from evalkit.world.zoo import ordinary_mask
+
+    acts_ND = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 4.0], [36.0, 48.0], [0.0, 21.0]])  # norms 1 2 5 60 21
+    assert ordinary_mask(acts_ND, 10.0).tolist() == [True, True, True, False, True]  # median 5: cap at 50
+    assert ordinary_mask(acts_ND, 4.0).tolist() == [True, True, True, False, False]
+    assert ordinary_mask(acts_ND, None).all()
+
+
+def test_norm_cap_trains_on_ordinary_tokens_and_changes_the_cache_key(world, tmp_path, monkeypatch) -> None:
+    from evalkit.world import build_zoo, zoo
+
+    one_step = replace(ZOO_SIZES["small"], steps=1)
+    monkeypatch.setitem(zoo.ZOO_SIZES, "one", one_step)
+    monkeypatch.setitem(zoo.ZOO_SIZES, "one_capped", replace(one_step, train_norm_cap=3.0))
+    plain = build_zoo(world, cache_dir=tmp_path, size="one")
+    capped = build_zoo(world, cache_dir=tmp_path, size="one_capped")
+    assert plain != capped  # a different recipe is a different cache entry, never a stale one
+    acts = training_tokens(world)
+    norms = acts.norm(dim=-1)
+    n_ordinary = int((norms <= 3.0 * norms.median()).sum())
+    assert 0 < n_ordinary < len(acts)  # the small world's planted delimiters exceed 3x the median
+    plain_info = json.loads((plain / "zoo.json").read_text())
+    capped_info = json.loads((capped / "zoo.json").read_text())
+    assert plain_info["n_train_tokens"] == len(acts) and capped_info["n_train_tokens"] == n_ordinary
+    assert capped_info["activation_scale"] == plain_info["activation_scale"] == activation_scale(acts)

@@ -16,7 +16,7 @@ from evalkit.sources.base import (
 )
 from evalkit.sources.files import ActivationFileSource
 from evalkit.sources.labels import LabelFile, LabelledSource
-from evalkit.sources.models import ModelSource, load_model
+from evalkit.sources.models import ModelSource, load_model, resolve_seq_len
 from evalkit.sources.text import iter_texts, token_batches, token_rows
 from evalkit.sources.world_source import world_source
 from evalkit.world.build import World
@@ -32,15 +32,17 @@ def model_dataset_source(
     dataset: str,
     n_tokens: int | None = None,
     batch_size: int = DEFAULT_BATCH_TOKENS,
-    seq_len: int = DEFAULT_SEQ_LEN,
+    seq_len: int | None = None,
     device: str = "cpu",
     dtype: str = "float32",
     seed: int = 0,
     split: str = "train",
 ) -> ModelSource:
     """A transformer-lens model at `hook_name` over `dataset` text, cut into BOS + (seq_len - 1) token
-    rows."""
+    rows. Unset `seq_len`: DEFAULT_SEQ_LEN clamped to the model's n_ctx; a larger explicit one is bad input.
+    Activations come in `dtype` (the model also runs in it)."""
     model = load_model(model_name, device=device, dtype=dtype)
+    seq_len = resolve_seq_len(model, seq_len, DEFAULT_SEQ_LEN)
     if model.tokenizer is None:
         raise EvalkitInputError(model_name, "model has no tokenizer, so text datasets cannot be tokenized")
     tokenizer = model.tokenizer
@@ -80,7 +82,7 @@ def model_dataset_source(
         rows = token_rows(iter_texts(dataset, split), tokenizer, seq_len, bos, str(dataset))
         return token_batches(rows, n_seq_batch, max_seqs)
 
-    return ModelSource(model, hook_name, make, info)  # type: ignore[arg-type]
+    return ModelSource(model, hook_name, make, info, dtype=dtype)  # type: ignore[arg-type]
 
 
 def open_source(
@@ -93,7 +95,7 @@ def open_source(
     labels: str | Path | None = None,
     n_tokens: int | None = None,
     batch_size: int = DEFAULT_BATCH_TOKENS,
-    seq_len: int = DEFAULT_SEQ_LEN,
+    seq_len: int | None = None,
     device: str = "cpu",
     dtype: str = "float32",
     seed: int = 0,

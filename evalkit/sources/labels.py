@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 from evalkit.batch import ActivationBatch
 from evalkit.errors import EvalkitInputError
-from evalkit.sources.base import ActivationSource, SourceInfo
+from evalkit.sources.base import ActivationSource, SourceInfo, file_identity
 
 
 class LabelFile:
@@ -70,7 +70,8 @@ class LabelledSource:
         self.labels = labels
         self.info = SourceInfo(
             source.info.name,
-            f"{source.info.fingerprint}+labels:{labels.path.name}",
+            # The content hash, not the name: a relabelled file must not be served from the result cache.
+            f"{source.info.fingerprint}+labels:{file_identity(labels.path)}",
             {**source.info.details, "labels": str(labels.path)},
         )
 

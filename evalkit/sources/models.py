@@ -74,6 +74,18 @@ def hook_layer(hook_name: str) -> int | None:
     return int(parts[1]) if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit() else None
 
 
+def resolve_seq_len(model: HookedTransformer, seq_len: int | None, default: int) -> int:
+    """`seq_len` if the model's context (n_ctx) holds it, else bad input; unset: default capped at n_ctx."""
+    n_ctx = int(model.cfg.n_ctx)
+    if seq_len is None:
+        return min(default, n_ctx)
+    if seq_len > n_ctx:
+        raise EvalkitInputError(
+            "--seq-len", f"{seq_len} exceeds the model's context length n_ctx={n_ctx}; pass at most {n_ctx}"
+        )
+    return int(seq_len)
+
+
 def model_special_ids(model: HookedTransformer) -> tuple[int, ...]:
     tok = model.tokenizer
     if tok is None:
@@ -94,8 +106,10 @@ class ModelSource:
         info: SourceInfo,
         label_fn: Callable[[int, int], torch.Tensor] | None = None,
         label_names: tuple[str, ...] = (),
+        dtype: str | torch.dtype = "float32",
     ) -> None:
         self.model = model
+        self.dtype = parse_dtype(dtype)
         self.hook_name = resolve_hook(model, hook_name)
         self.layer = hook_layer(self.hook_name)
         self._make_token_batches = make_token_batches
@@ -121,11 +135,11 @@ class ModelSource:
 
     @torch.no_grad()
     def activations(self, tokens_BS: torch.Tensor) -> torch.Tensor:
-        """Hook activations [n_seq, seq_len, d] as float32, running the model only as far as the hook's
-        block."""
+        """Hook activations [n_seq, seq_len, d] in the source's dtype (`--dtype`), running the model only as
+        far as the hook's block."""
         stop = self.layer + 1 if self.layer is not None and self.layer + 1 < self.model.cfg.n_layers else None
         _, cache = self.model.run_with_cache(tokens_BS, names_filter=self.hook_name, stop_at_layer=stop)
-        acts = cache[self.hook_name].float()
+        acts = cache[self.hook_name].to(self.dtype)
         # Per-head hooks ([B, S, heads, d_head]) are flattened over heads, as sae-lens does for hook_z SAEs.
         return acts.flatten(2) if acts.ndim == 4 else acts
 

@@ -84,7 +84,9 @@ def world_source(
     stream = _WorldTokens(world, n_seq, seqs_per_batch(batch_size, world.seq_len))
     info = SourceInfo(
         "embedded-world",
-        f"{world.fingerprint}:hook={world.hook_name}:n_seq={n_seq}",
+        # float32 (the default) keeps the fingerprint it always had; other dtypes give other activations.
+        f"{world.fingerprint}:hook={world.hook_name}:n_seq={n_seq}"
+        + ("" if str(dtype).removeprefix("torch.") == "float32" else f":dtype={dtype}"),
         {
             "model": str(world.model_dir),
             "hook": world.hook_name,
@@ -95,5 +97,11 @@ def world_source(
     )
     model = load_model(world.model_dir, device=device, dtype=dtype)
     return ModelSource(
-        model, world.hook_name, stream.batches, info, label_fn=stream.labels, label_names=CONCEPTS
+        model,
+        world.hook_name,
+        stream.batches,
+        info,
+        label_fn=stream.labels,
+        label_names=CONCEPTS,
+        dtype=dtype,
     )
