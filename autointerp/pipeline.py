@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -115,13 +116,29 @@ def choose_latents(examples: dict[int, LatentExamples], config: AutointerpConfig
     return sorted(rng.choice(eligible, size=config.n_latents, replace=False).tolist())
 
 
+ACT_DIGITS = 4
+"""Significant digits of the activations written to example files (display only; keeps the files small)."""
+
+
+def _display_act(a: float) -> float | int:
+    # Most window tokens are inactive: write them as 0, not 0.0; the rest rounded for display.
+    return 0 if a == 0 else float(f"{a:.{ACT_DIGITS}g}")
+
+
 def example_records(
-    examples: dict[int, LatentExamples], decode: Decode
-) -> list[dict[str, int | str | list[str] | list[float]]]:
-    """One record per window, the shape reports/ reads from DIR/examples/<sae>.jsonl."""
+    examples: dict[int, LatentExamples], decode: Decode, latents: Collection[int] | None = None
+) -> list[dict[str, int | str | list[str] | list[float | int]]]:
+    """One record per window of `latents` (default: all), the shape reports/ reads from
+    DIR/examples/<sae>.jsonl; activations rounded to ACT_DIGITS significant digits."""
     return [
-        {"latent": k, "kind": w.kind, "tokens": decode(list(w.tokens)), "activations": list(w.acts)}
+        {
+            "latent": k,
+            "kind": w.kind,
+            "tokens": decode(list(w.tokens)),
+            "activations": [_display_act(float(a)) for a in w.acts],
+        }
         for k, ex in sorted(examples.items())
+        if latents is None or k in latents
         for w in (*ex.explain, *ex.held_out, *ex.random)
     ]
 

@@ -14,8 +14,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from threadpoolctl import threadpool_limits
-
 from evalkit.world import SIZES, World, build_world
 
 log = logging.getLogger(__name__)
@@ -122,9 +120,8 @@ def run_demo(
     log.info(
         "demo: evaluating every SAE in %s (metrics %s, autointerp %s)", zoo, DEMO_METRICS, DEMO_AUTOINTERP
     )
-    # Many tiny scikit-learn fits (probing): multi-threaded BLAS makes each one ~25x slower on 2 busy cores.
-    with threadpool_limits(limits=1, user_api="blas"):
-        status = run_command(run_arguments(out, zoo, world, force))
+    # `evalkit run` itself limits BLAS to one thread (many small scikit-learn fits).
+    status = run_command(run_arguments(out, zoo, world, force))
     if status != 0:
         raise RuntimeError(f"evalkit run exited with status {status}")
     _timed(timings, "evaluation", t0)

@@ -17,11 +17,18 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from evalkit.identity import stable_hash
 from evalkit.runconfig import DataSource, EvalSettings, SaeLike
 from evalkit.store import ResultKey, ResultStore, Shard, atomic_write_text
 from reports.tables import file_stem
+
+if TYPE_CHECKING:
+    from autointerp.pipeline import AutointerpResult
+    from autointerp.sampling import LatentExamples
 
 Decode = Callable[[list[int]], list[str]]
 ENTRY = "autointerp"
@@ -106,8 +113,8 @@ class AutointerpStage:
 
         decode = decoder(self.sources[hook])
         examples, result = self.observer.finish(s.sae_id, decode, self.store.root / "llm", None)
-        records = example_records(examples, decode)
-        text = "".join(json.dumps(r) + "\n" for r in records)
+        records = example_records(examples, decode, recorded_latents(examples, result, self.config.seed))
+        text = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
         atomic_write_text(self.out_dir / "examples" / f"{file_stem(s.sae_id)}.jsonl", text)
         rows = [r.as_dict() for r in result.rows]
         shard = Shard(key, tuple(result.metrics), n_tokens, int(time.time() * 1000))
@@ -134,6 +141,27 @@ class AutointerpStage:
                     [s.sae_id, *("" if row.get(c) is None else row.get(c) for c in AUTOINTERP_COLUMNS)]
                 )
         return buf.getvalue()
+
+
+def recorded_latents(
+    examples: dict[int, LatentExamples], result: AutointerpResult, seed: int
+) -> set[int]:
+    """The latents whose windows go to examples/<sae>.jsonl: those autointerp scored, topped up (seeded) to
+    the report's CARDS_PER_SAE with other latents that have top windows.
+
+    The report's feature cards sample CARDS_PER_SAE latents among those with windows, explained ones first,
+    so they always land in this set and every card has its windows; the file stays small (not every latent).
+    """
+    from reports.cards import CARDS_PER_SAE
+
+    with_top = sorted(k for k, ex in examples.items() if any(w.kind == "top" for w in (*ex.explain, *ex.held_out)))
+    chosen = {int(row.latent) for row in result.rows if int(row.latent) in examples}
+    n_missing = CARDS_PER_SAE - sum(k in chosen for k in with_top)
+    rest = [k for k in with_top if k not in chosen]
+    if n_missing > 0 and rest:
+        extra = np.random.default_rng([seed, 11]).permutation(rest)[:n_missing]
+        chosen |= {int(k) for k in extra}
+    return chosen
 
 
 def decoder(source: DataSource) -> Decode:

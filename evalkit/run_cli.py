@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from threadpoolctl import threadpool_limits
 
 from evalkit.errors import EvalkitInputError
 from evalkit.identity import JsonValue
@@ -309,6 +310,13 @@ def _explicit_groups(args: argparse.Namespace) -> list[list[str]]:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    # Many small scikit-learn fits (probing): multi-threaded BLAS made each one ~25x slower on 2 busy cores,
+    # so every run (not only the demo) uses one BLAS thread; torch's own thread pool is left alone.
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _run_command(args)
+
+
+def _run_command(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     settings = settings_from_args(args)
     failed = load_metric_modules()
