@@ -196,6 +196,14 @@ def test_seed_only_differences_share_config_hash_and_family(tmp_path) -> None:
     assert s1.family == s2.family == k8.family == f"topk|blocks.0.hook_resid_post|{D_SAE}"
 
 
+def test_global_and_per_feature_cosine_are_different_families(tmp_path) -> None:
+    make_sae("cosine").save_model(tmp_path / "global")
+    make_sae("cosine_per_feature").save_model(tmp_path / "per_feature")
+    by_id = {one.sae_id: one for one in load_saes(tmp_path)}
+    assert by_id["global"].family == f"cosine|blocks.0.hook_resid_post|{D_SAE}"
+    assert by_id["per_feature"].family == f"cosine+perfeature|blocks.0.hook_resid_post|{D_SAE}"
+
+
 def test_every_registered_format_is_covered_above() -> None:
     from evalkit.sae import FORMATS
 

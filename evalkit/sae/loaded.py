@@ -123,7 +123,9 @@ def make_loaded(sae: SAE[Any], cfg: dict[str, Any], sae_id: str, path: str, fmt:
     )
     hook_name = sae.cfg.metadata.hook_name
     d_in, d_sae = int(sae.cfg.d_in), int(sae.cfg.d_sae)
-    family = f"{architecture}{'+aligned' if aligned else ''}|{hook_name or '?'}|{d_sae}"
+    # Per-feature cosine exponents are a different variant from the global one: never one sweep.
+    qualifiers = ("+aligned" if aligned else "") + ("+perfeature" if getattr(sae.cfg, "per_feature", False) else "")
+    family = f"{architecture}{qualifiers}|{hook_name or '?'}|{d_sae}"
     return LoadedSAE(
         sae=sae,
         sae_id=sae_id,
