@@ -21,26 +21,10 @@ import numpy as np
 import pandas as pd
 
 from evalkit.errors import EvalkitInputError
+from reports.tables import RESULTS_COLUMNS, SAE_COLUMNS  # noqa: F401  (one definition of the contract's columns)
 
 log = logging.getLogger(__name__)
 
-RESULTS_COLUMNS = (
-    "sae_id",
-    "sae_path",
-    "architecture",
-    "family",
-    "hook",
-    "d_in",
-    "d_sae",
-    "seed",
-    "metric",
-    "value",
-    "latent",
-    "n_tokens",
-    "config_hash",
-    "evalkit_version",
-)
-SAE_COLUMNS = ("sae_id", "sae_path", "architecture", "family", "hook", "d_in", "d_sae", "seed")
 STRING_COLUMNS = (
     "sae_id",
     "sae_path",
