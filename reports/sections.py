@@ -80,10 +80,11 @@ def _info(saes: pd.DataFrame, sae_id: str, column: str) -> object:
 def summary_section(data: ReportData) -> Section:
     saes, metrics = data.tables.saes, _present(data, HEADLINE_METRICS)
     rows = [
-        [sae_id, *[_info(saes, sae_id, c) for c in SAE_INFO], *[_metric(data, sae_id, m) for m in metrics]]
+        [sae_id, *[_metric(data, sae_id, m) for m in metrics], *[_info(saes, sae_id, c) for c in SAE_INFO]]
         for sae_id in sorted(saes.index)
     ]
-    headers = ["sae_id", "family", "architecture", "hook", "d_sae", "seed", "seed group", *metrics]
+    # Headline numbers first: a reader opening the report sees them without scrolling past long identity strings.
+    headers = ["sae_id", *metrics, "family", "architecture", "hook", "d_sae", "seed", "seed group"]
     section = Section("summary", "Summary", "One row per SAE; click a column header to sort.")
     section.tables.append(table_view(headers, rows, sortable=True, css_id="summary-table"))
     every = sorted(data.tables.sae_metrics.columns)
