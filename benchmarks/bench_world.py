@@ -28,7 +28,17 @@ from evalkit.world.zoo import build_zoo
 
 log = logging.getLogger("bench_world")
 
-TOPK_FAMILY = ("topk", "batchtopk", "matryoshka_batchtopk", "aligned_topk", "cosine", "topafa")
+TOPK_FAMILY = (
+    "topk",
+    "batchtopk",
+    "matryoshka_batchtopk",
+    "unit_enc_topk",
+    "unit_enc_batchtopk",
+    "unit_enc_matryoshka_batchtopk",
+    "aligned_topk",
+    "cosine",
+    "topafa",
+)
 
 
 @torch.no_grad()

@@ -40,17 +40,19 @@ CONFIGS: dict[str, dict[str, Any]] = {
     },
     "topafa": {"architecture": "topafa", "afa_loss_coefficient": 0.1},
     "aligned_topk": {"architecture": "aligned_topk", "k": 4},
+    "unit_enc_topk": {"architecture": "unit_enc_topk", "k": 4},
 }
 INFERENCE = {
     "cosine_topk": ("cosine", "cosine", False),
     "cosine_batchtopk_per_feature": ("cosine", "cosine", False),
     "topafa": ("topafa", "topafa", False),
     "aligned_topk": ("topk", "topk", True),
+    "unit_enc_topk": ("topk", "topk", False),
 }
 
 
-def build(name: str) -> TrainingSAE[Any]:
-    cfg_dict = {"d_in": D_IN, "d_sae": D_SAE, **CONFIGS[name]}
+def build(name: str, configs: dict[str, dict[str, Any]] = CONFIGS) -> TrainingSAE[Any]:
+    cfg_dict = {"d_in": D_IN, "d_sae": D_SAE, **configs[name]}
     sae_cls, cfg_cls = get_sae_training_class(cfg_dict["architecture"])
     cfg = cfg_cls.from_dict(cfg_dict)
     cfg.metadata.hook_name, cfg.metadata.model_name = "blocks.0.hook_resid_post", "tiny"
@@ -114,6 +116,52 @@ def test_aligned_training_holds_the_constraint_exactly(tmp_path) -> None:
     assert not torch.allclose(W_enc.T, W_dec), (
         "the encoder moved off the decoder directions while staying aligned"
     )
+
+
+UNIT_ENC_CONFIGS: dict[str, dict[str, Any]] = {
+    "unit_enc_topk": {"architecture": "unit_enc_topk", "k": 4},
+    "unit_enc_batchtopk": {"architecture": "unit_enc_batchtopk", "k": 4},
+    "unit_enc_matryoshka_batchtopk": {
+        "architecture": "unit_enc_matryoshka_batchtopk",
+        "k": 4,
+        "matryoshka_widths": [12, D_SAE],
+    },
+}
+
+
+@pytest.mark.parametrize("name", list(UNIT_ENC_CONFIGS))
+def test_unit_encoder_training_saves_unit_columns_and_reloads(name: str, tmp_path) -> None:
+    sae = build(name, UNIT_ENC_CONFIGS)
+    assert sae.cfg.aux_loss_coefficient == AUX_K_COEFFICIENT and not sae.cfg.rescale_acts_by_decoder_norm
+    raw_norms_F = sae.W_enc.detach().norm(dim=0)
+    losses = train(sae, 40)
+    assert sum(losses[-4:]) < sum(losses[:4]), f"loss did not fall: {losses[:4]} → {losses[-4:]}"
+    assert not torch.allclose(sae.W_enc.detach().norm(dim=0), raw_norms_F)  # the raw parameter moved
+    sae.save_inference_model(tmp_path / name)
+    reloaded = SAE.load_from_disk(tmp_path / name)
+    W_enc_DF = reloaded.W_enc.detach()
+    torch.testing.assert_close(W_enc_DF.norm(dim=0), torch.ones(D_SAE))
+    x = data(99)
+    with torch.no_grad():
+        _, hidden_pre = sae.encode_with_hidden_pre(x)
+        linear_score = reloaded.process_sae_in(x) @ W_enc_DF + reloaded.b_enc
+        torch.testing.assert_close(linear_score, hidden_pre, rtol=1e-5, atol=1e-5)
+        if name == "unit_enc_topk":
+            assert reloaded.cfg.architecture() == "topk"
+            expected = sae.encode(x)
+        else:  # sae-lens saves batch top-k as JumpReLU at the running threshold
+            assert reloaded.cfg.architecture() == "jumprelu"
+            theta = float(sae.topk_threshold)
+            assert theta > 0
+            expected = hidden_pre * (hidden_pre > theta)
+        torch.testing.assert_close(reloaded.encode(x), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(reloaded.decode(expected), sae.decode(expected), rtol=1e-5, atol=1e-5)
+
+
+def test_unit_encoder_training_rejects_decoder_norm_rescaling() -> None:
+    _, cfg_cls = get_sae_training_class("unit_enc_topk")
+    with pytest.raises(ValueError, match="rescale_acts_by_decoder_norm"):
+        cfg_cls(d_in=D_IN, d_sae=D_SAE, k=4, rescale_acts_by_decoder_norm=True)
 
 
 def test_aux_loss_is_on_with_the_papers_coefficient() -> None:

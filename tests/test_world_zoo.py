@@ -14,8 +14,14 @@ from evalkit.world import build_world
 from evalkit.world.zoo import ZOO_SIZES, ZooEntry, activation_scale, train_one, training_tokens, zoo_entries
 
 # Architectures whose training forward pass equals the inference one (batch top-k differs by design).
-SAME_FORWARD = {"standard", "topk", "jumprelu", "gated", "cosine", "aligned_topk", "topafa"}
-SAVED_AS = {"batchtopk": "jumprelu", "matryoshka_batchtopk": "jumprelu", "aligned_topk": "topk"}
+SAME_FORWARD = {"standard", "unit_enc_topk", "jumprelu", "gated", "cosine", "aligned_topk", "topafa"}
+SAVED_AS = {
+    "unit_enc_topk": "topk",
+    "unit_enc_batchtopk": "jumprelu",
+    "unit_enc_matryoshka_batchtopk": "jumprelu",
+    "aligned_topk": "topk",
+}
+UNIT_ENCODER = {"unit_enc_topk", "unit_enc_batchtopk", "unit_enc_matryoshka_batchtopk"}
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +34,9 @@ def test_zoo_composition() -> None:
     archs = Counter(e.architecture for e in entries)
     for arch in (
         "standard",
-        "topk",
-        "batchtopk",
-        "matryoshka_batchtopk",
+        "unit_enc_topk",
+        "unit_enc_batchtopk",
+        "unit_enc_matryoshka_batchtopk",
         "jumprelu",
         "gated",
         "cosine",
@@ -42,8 +48,8 @@ def test_zoo_composition() -> None:
     assert any(e.architecture == "cosine" and not e.params.get("per_feature") for e in entries)
     for arch, key in (
         ("standard", "l1_coefficient"),
-        ("topk", "k"),
-        ("batchtopk", "k"),
+        ("unit_enc_topk", "k"),
+        ("unit_enc_batchtopk", "k"),
         ("cosine", "k"),
         ("aligned_topk", "k"),
     ):
@@ -53,10 +59,11 @@ def test_zoo_composition() -> None:
             if e.architecture == arch and e.seed == 0 and not e.params.get("per_feature")
         }
         assert len(levels) >= 3, arch
-    for arch in ("topk", "aligned_topk", "cosine"):
+    for arch in ("unit_enc_topk", "aligned_topk", "cosine"):
         seeds = Counter((json.dumps(e.params, sort_keys=True)) for e in entries if e.architecture == arch)
         assert max(seeds.values()) >= 3, arch
     assert len({e.name for e in entries}) == len(entries)
+    assert {"topk_k32_seed1", "batchtopk_k16", "matryoshka_k32"} <= {e.name for e in entries}
     assert all(isinstance(e.params.get("k", 1), int) for e in entries)
 
 
@@ -86,6 +93,9 @@ def test_every_variant_trains_and_loads_with_sae_lens(world, tmp_path) -> None:
                     recon, c * trained.double()(x.double() / c), rtol=1e-5, atol=1e-5 * c
                 )
                 loaded.float()
+        if arch in UNIT_ENCODER:  # the zoo rescale to raw units leaves the weights as trained
+            W_enc = loaded.W_enc.detach()
+            torch.testing.assert_close(W_enc.norm(dim=0), torch.ones(W_enc.shape[1]), rtol=1e-5, atol=1e-5)
         if arch == "aligned_topk":
             assert cfg["metadata"].get("aligned") is True
             W_dec = loaded.W_dec.detach()
