@@ -129,6 +129,13 @@ UNIT_ENC_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
+UNIT_ENC_VARIANT = {
+    "unit_enc_topk": "topk",
+    "unit_enc_batchtopk": "batchtopk",
+    "unit_enc_matryoshka_batchtopk": "matryoshka",
+}
+
+
 @pytest.mark.parametrize("name", list(UNIT_ENC_CONFIGS))
 def test_unit_encoder_training_saves_unit_columns_and_reloads(name: str, tmp_path) -> None:
     sae = build(name, UNIT_ENC_CONFIGS)
@@ -156,6 +163,9 @@ def test_unit_encoder_training_saves_unit_columns_and_reloads(name: str, tmp_pat
             expected = hidden_pre * (hidden_pre > theta)
         torch.testing.assert_close(reloaded.encode(x), expected, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(reloaded.decode(expected), sae.decode(expected), rtol=1e-5, atol=1e-5)
+    # evalkit still knows the variant (families and matched comparisons depend on it), not sae-lens' save name
+    [loaded] = load_saes(tmp_path / name)
+    assert loaded.architecture == UNIT_ENC_VARIANT[name]
 
 
 def test_unit_encoder_training_rejects_decoder_norm_rescaling() -> None:

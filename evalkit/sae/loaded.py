@@ -38,6 +38,10 @@ TRAINING_ARCHITECTURES = {
     "batchtopk": "batchtopk",
     "matryoshka_batchtopk": "matryoshka",
     "aligned_topk": "topk",
+    # Unit-norm-encoder training (evalkit.sae.training) saves as sae-lens' own classes; the variant is unchanged.
+    "unit_enc_topk": "topk",
+    "unit_enc_batchtopk": "batchtopk",
+    "unit_enc_matryoshka_batchtopk": "matryoshka",
 }
 
 
