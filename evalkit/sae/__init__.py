@@ -17,8 +17,8 @@ from evalkit.sae.training import (
     CosineTrainingSAEConfig,
     TopAFATrainingSAE,
     TopAFATrainingSAEConfig,
-    register_training_variants,
 )
+from evalkit.sae.training_unit import register_training_variants
 from evalkit.sae.variants import (
     CosineSAE,
     CosineSAEConfig,

@@ -64,7 +64,7 @@ def zoo_entries(d_sae: int, steps: int = 120, ks: tuple[int, ...] = (16, 32, 64)
     cos_steps = 2 * steps  # the cosine exponent a needs longer to settle
     # sae-lens rescales TopK latents by decoder norms by default; here that left ~1.5x more dead latents.
     plain = {"rescale_acts_by_decoder_norm": False}
-    # Unit encoder columns (evalkit.sae.training.UnitEncoderMixin): latents compete on direction, not on a
+    # Unit encoder columns (evalkit.sae.training_unit.UnitEncoderMixin): latents compete on direction, not on a
     # grown encoder norm. On the default world, held-out dead share: topk k16/32/64 32/13/8% -> 2/0.2/0.1%,
     # batchtopk k32/64 50/15% -> 6/1%, matryoshka 58% -> 10%. Decoder rows start at norm 0.3 (sae-lens: 0.1):
     # the decoder now carries all of a latent's scale (k16 dead 55% at 0.1 vs 2% at 0.3).
