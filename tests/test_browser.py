@@ -19,7 +19,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from test_reports_fixture import XSS, write_run_dir
+from test_reports_fixture import PLOT_IDS, XSS, write_run_dir
 
 from reports.html import write_report
 
@@ -35,21 +35,6 @@ FLAGS = (
     "--disable-sync",
     "--remote-debugging-pipe",
     "--window-size=1200,900",
-)
-PLOT_IDS = (
-    "pareto-fvu",
-    "pareto-ce",
-    "density-hist",
-    "alpha-hist",
-    "norm-fvu",
-    "norm-detectors",
-    "afa-eps",
-    "afa-scatter",
-    "afa-eps-hist",
-    "stability-bars",
-    "autointerp-scores",
-    "norm-exponent-hist",
-    "seed-match-hist",
 )
 
 pytestmark = [

@@ -175,3 +175,21 @@ def test_explicit_seed_groups_and_family_labels(tmp_path: Path) -> None:
     assert tables.saes.loc["std_l1a", "seed_group"] == tables.saes.loc["std_l1b", "seed_group"]
     assert tables.saes.loc["std_l1a", "family_label"] == "standard"  # one hook, one width: the bare family
     assert len(tables.missing) == 2  # features.csv and autointerp.csv
+
+
+# Every plot the report draws from a full run folder (the HTML and browser tests both check this list).
+PLOT_IDS = (
+    "pareto-fvu",
+    "pareto-ce",
+    "density-hist",
+    "alpha-hist",
+    "norm-fvu",
+    "norm-detectors",
+    "afa-eps",
+    "afa-scatter",
+    "afa-eps-hist",
+    "stability-bars",
+    "autointerp-scores",
+    "norm-exponent-hist",
+    "seed-match-hist",
+)
