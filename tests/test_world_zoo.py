@@ -174,3 +174,28 @@ def test_norm_cap_trains_on_ordinary_tokens_and_changes_the_cache_key(world, tmp
     capped_info = json.loads((capped / "zoo.json").read_text())
     assert plain_info["n_train_tokens"] == len(acts) and capped_info["n_train_tokens"] == n_ordinary
     assert capped_info["activation_scale"] == plain_info["activation_scale"] == activation_scale(acts)
+
+
+def test_an_edited_recipe_is_a_new_cache_entry(world, tmp_path, monkeypatch) -> None:
+    """Changing one entry's parameters (not the zoo size) must not reuse the zoo trained with the old recipe."""
+    from evalkit.world import build_zoo, zoo
+
+    monkeypatch.setitem(zoo.ZOO_SIZES, "one", replace(ZOO_SIZES["small"], steps=1))
+    before = build_zoo(world, cache_dir=tmp_path, size="one")
+    original = zoo.zoo_entries
+
+    def edited(*args, **kwargs):
+        return [replace(e, params={**e.params, "l1_coefficient": 7.0}) if e.architecture == "standard" else e
+                for e in original(*args, **kwargs)]
+
+    monkeypatch.setattr(zoo, "zoo_entries", edited)
+    after = build_zoo(world, cache_dir=tmp_path, size="one")
+    assert after != before
+    assert json.loads((after / "zoo.json").read_text())["saes"][0]["params"]["l1_coefficient"] == 7.0
+
+
+def test_zoo_records_how_each_sae_was_initialised() -> None:
+    entries = {e.name: e for e in zoo_entries(d_sae=1024)}
+    family = {"unit_enc_topk", "unit_enc_batchtopk", "unit_enc_matryoshka_batchtopk", "aligned_topk"}
+    assert {e.architecture for e in entries.values() if e.outlier_init} == family
+    assert not entries["standard_l1_coefficient1"].outlier_init and not entries["cosine_k32"].outlier_init

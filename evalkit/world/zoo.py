@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -24,10 +24,11 @@ from safetensors.torch import load_file, save_file
 import evalkit  # noqa: F401  (registers evalkit's variants into sae-lens)
 from evalkit.world.build import World
 from evalkit.world.cache import cache_root, cached_entry
+from evalkit.world.zoo_init import init_from_data
 
 log = logging.getLogger(__name__)
 
-ZOO_VERSION = 2  # 2: top-k / batch-top-k / matryoshka trained with unit encoder columns
+ZOO_VERSION = 3  # 2: top-k family with unit encoder columns; 3: outlier-aware init, jumprelu threshold 0.5
 # Inference parameters that live in activation units: they scale with c when the SAE moves to raw activations.
 SCALED_PARAMS = ("b_enc", "b_dec", "b_gate", "b_mag", "threshold")
 
@@ -41,6 +42,17 @@ class ZooEntry:
     params: dict[str, float | int | str | bool | list[int]] = field(default_factory=dict)
     seed: int = 0
     steps: int = 120
+    outlier_init: bool = False
+    """Start orthogonal to the massive tokens' directions (evalkit.world.zoo_init); set for the TopK family."""
+
+
+# The TopK family gets the outlier-aware initialisation: without it batch-top-k k=16 ended with 75% dead latents
+# (the massive tokens took the batch's slots). The other variants keep the plain data initialisation, so the
+# norm-driven latents that the cosine paper describes stay visible in standard and gated SAEs (on the default
+# world the outlier-aware init took standard SAEs from 24-68 norm detectors to 0-1, gated from 57 to 0).
+OUTLIER_INIT_ARCHITECTURES = frozenset(
+    {"unit_enc_topk", "unit_enc_batchtopk", "unit_enc_matryoshka_batchtopk", "aligned_topk"}
+)
 
 
 def _sweep(
@@ -67,7 +79,9 @@ def zoo_entries(d_sae: int, steps: int = 120, ks: tuple[int, ...] = (16, 32, 64)
     # Unit encoder columns (evalkit.sae.training_unit.UnitEncoderMixin): latents compete on direction, not on a
     # grown encoder norm. On the default world, held-out dead share: topk k16/32/64 32/13/8% -> 2/0.2/0.1%,
     # batchtopk k32/64 50/15% -> 6/1%, matryoshka 58% -> 10%. Decoder rows start at norm 0.3 (sae-lens: 0.1):
-    # the decoder now carries all of a latent's scale (k16 dead 55% at 0.1 vs 2% at 0.3).
+    # the decoder now carries all of a latent's scale (k16 dead 55% at 0.1 vs 2% at 0.3). With the outlier-aware
+    # init as well every TopK-family SAE is under 1% dead; sae-lens' own topk/batchtopk/matryoshka classes with
+    # that init still end 15-56% dead, so the unit-encoder classes stay.
     unit_enc = {**plain, "decoder_init_norm": 0.3}
     entries = [
         *_sweep("standard", "standard", "l1_coefficient", (1.0, 3.0, 10.0), steps),
@@ -81,7 +95,9 @@ def zoo_entries(d_sae: int, steps: int = 120, ks: tuple[int, ...] = (16, 32, 64)
             0,
             steps,
         ),
-        ZooEntry("jumprelu", "jumprelu", {"l0_coefficient": 2.0, "jumprelu_init_threshold": 0.1}, 0, steps),
+        # In 120 steps the JumpReLU threshold barely moves from its start, so the start sets l0: 0.1 gave l0 309
+        # with every latent dense (the l0 coefficient, 2 to 30, changed nothing); 0.5 gives l0 ~134, 1% dead.
+        ZooEntry("jumprelu", "jumprelu", {"l0_coefficient": 2.0, "jumprelu_init_threshold": 0.5}, 0, steps),
         ZooEntry("gated", "gated", {"l1_coefficient": 3.0}, 0, steps),
         *_sweep("cosine", "cosine", "k", tuple(float(k) for k in ks), cos_steps),
         *_seeds("cosine", "cosine", {"k": mid}, (1, 2), cos_steps),
@@ -92,7 +108,13 @@ def zoo_entries(d_sae: int, steps: int = 120, ks: tuple[int, ...] = (16, 32, 64)
     ]
     # Integer k for every top-k family member (sae-lens topk wants an int).
     return [
-        ZooEntry(e.name.replace(".0", ""), e.architecture, _int_k(e.params), e.seed, e.steps) for e in entries
+        replace(
+            e,
+            name=e.name.replace(".0", ""),
+            params=_int_k(e.params),
+            outlier_init=e.architecture in OUTLIER_INIT_ARCHITECTURES,
+        )
+        for e in entries
     ]
 
 
@@ -169,21 +191,11 @@ def rescale_saved_sae(folder: Path, c: float) -> None:
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
 
 
-@torch.no_grad()
-def _init_from_data(sae: torch.nn.Module, scaled_ND: torch.Tensor, seed: int, directions: bool) -> None:
-    """b_dec at the coordinate-wise median (robust to the massive tokens); optionally decoder directions at
-    random centred data points (norms kept), encoder tied to the decoder as sae-lens initialises it."""
-    sae.b_dec.copy_(scaled_ND.median(dim=0).values)
-    if not directions:
-        return
-    gen = torch.Generator().manual_seed(seed)
-    # Ordinary tokens only: the massive ones all point the same way, so latents started there compete and die.
-    norms_N = scaled_ND.norm(dim=1)
-    ordinary = scaled_ND[norms_N < 5 * norms_N.median()]
-    picks = ordinary[torch.randint(len(ordinary), (sae.W_dec.shape[0],), generator=gen)] - sae.b_dec
-    norms = sae.W_dec.norm(dim=1, keepdim=True)
-    sae.W_dec.copy_(picks / picks.norm(dim=1, keepdim=True).clamp_min(1e-6) * norms)
-    sae.W_enc.copy_(sae.W_dec.T)
+def _init_name(entry: ZooEntry, zoo: ZooSize) -> str:
+    """How the SAE was initialised (evalkit.world.zoo_init), recorded in its cfg.json metadata."""
+    if not zoo.data_init:
+        return "sae_lens+median_b_dec"
+    return "outlier_aware" if entry.outlier_init else "data"
 
 
 def train_one(
@@ -212,6 +224,7 @@ def train_one(
         evalkit_zoo=entry.name,
         trained_on=world.fingerprint,
         activation_scale=c,
+        evalkit_init=_init_name(entry, zoo),
     )
     extra = {"aux_loss_coefficient": 1 / 32} if "aux_loss_coefficient" in cfg_cls.__dataclass_fields__ else {}
     cfg = cfg_cls(
@@ -224,7 +237,7 @@ def train_one(
     )
     torch.manual_seed(entry.seed)
     sae = sae_cls(cfg)
-    _init_from_data(sae, acts_ND / c, entry.seed, zoo.data_init)
+    init_from_data(sae, acts_ND / c, entry.seed, zoo.data_init, entry.outlier_init)
     trajectory: list[dict[str, float]] = []
     steps = [0]
 
@@ -296,7 +309,9 @@ def build_zoo(world: World, cache_dir: Path | str | None = None, size: str | Non
     """Train (or load from the cache) the SAE zoo for `world`: a folder with one sae-lens folder per SAE."""
     size = size or world.fingerprint.split(":")[1]
     zoo = ZOO_SIZES[size if size in ZOO_SIZES else "default"]
-    config = {"zoo_version": ZOO_VERSION, "world": world.fingerprint, **asdict(zoo)}
+    # Every entry's recipe is in the key, so editing zoo_entries rebuilds the zoo; ZOO_VERSION covers training code.
+    entries = [asdict(e) for e in zoo_entries(zoo.d_sae_multiple * world.d_model, zoo.steps, zoo.ks)]
+    config = {"zoo_version": ZOO_VERSION, "world": world.fingerprint, **asdict(zoo), "entries": entries}
     root = cache_root(cache_dir) if cache_dir is not None else world.root.parent.parent
     return cached_entry(root, "zoo", config, lambda folder: _build_zoo(folder, world, zoo))
 
