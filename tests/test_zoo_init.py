@@ -121,3 +121,44 @@ def test_batch_topk_massive_tokens_take_the_batch_budget_unless_outlier_aware(tm
     assert massive_plain > 20 and ordinary_plain < 2
     massive_aware, ordinary_aware = _massive_and_ordinary_l0(True, tmp_path)
     assert massive_aware < 8 and ordinary_aware > 3
+
+
+class _FixedActsSAE:
+    """Stands in for a batch-top-k SAE: encode returns preset activations, one tensor per batch."""
+
+    def __init__(self, acts: list[torch.Tensor]) -> None:
+        self.acts = iter(acts)
+        self.topk_threshold = torch.tensor(0.0, dtype=torch.double)
+
+    def encode(self, batch_BD: torch.Tensor) -> torch.Tensor:
+        return next(self.acts)
+
+
+def test_threshold_calibration_hand_case() -> None:
+    from evalkit.sae.training_unit import calibrate_batch_threshold
+
+    acts = [torch.tensor([[0.0, 1.0], [4.0, 0.0]]), torch.tensor([[3.0, 0.0], [0.0, 5.0]])]  # minima 1 and 3
+    sae = _FixedActsSAE(acts)
+    assert calibrate_batch_threshold(sae, iter([torch.zeros(2, 2)] * 2)) == 2.0  # type: ignore[arg-type]
+    assert float(sae.topk_threshold) == 2.0 and sae.topk_threshold.dtype == torch.double
+
+
+def _batch_topk_inference_l0(out: Path) -> float:
+    acts_ND, _, _ = massive_tokens()
+    world = SimpleNamespace(model_dir=Path("planted"), hook_name="planted", fingerprint="planted")
+    zoo = ZooSize(d_sae_multiple=4, steps=150, batch_size=256)
+    params = {"k": 4, "rescale_acts_by_decoder_norm": False, "decoder_init_norm": 0.3}
+    entry = ZooEntry("batchtopk", "unit_enc_batchtopk", params, 0, zoo.steps, True)
+    train_one(entry, acts_ND, activation_scale(acts_ND), world, zoo, out)  # type: ignore[arg-type]
+    with torch.no_grad():
+        return float((SAE.load_from_disk(str(out)).encode(acts_ND) > 0).sum(1).float().mean())
+
+
+def test_calibrated_batch_topk_fires_k_latents_per_token(tmp_path, monkeypatch) -> None:
+    """The saved threshold is the mean batch minimum with the final weights, so inference l0 is close to k = 4;
+    sae-lens' running average alone (from 0, rate 0.01, 150 steps) leaves it well above k."""
+    from evalkit.world import zoo
+
+    assert 3.4 < _batch_topk_inference_l0(tmp_path / "calibrated") < 4.6
+    monkeypatch.setattr(zoo, "calibrate_batch_threshold", lambda sae, batches: float(sae.topk_threshold))
+    assert _batch_topk_inference_l0(tmp_path / "running_average") > 6

@@ -6,6 +6,7 @@ own top-k, batch-top-k and matryoshka SAEs are trained; each saves as that archi
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,6 +132,30 @@ class UnitEncMatryoshkaTrainingSAEConfig(MatryoshkaBatchTopKTrainingSAEConfig):
 
 class UnitEncMatryoshkaTrainingSAE(UnitEncoderMixin, MatryoshkaBatchTopKTrainingSAE):  # type: ignore[misc]
     cfg: UnitEncMatryoshkaTrainingSAEConfig  # type: ignore[assignment]
+
+
+# ------------------------------------------------------------------------- batch-top-k threshold calibration
+
+CALIBRATION_BATCHES = 32
+
+
+@torch.no_grad()
+def calibrate_batch_threshold(sae: BatchTopKTrainingSAE, batches: Iterator[torch.Tensor]) -> float:
+    """Set a batch-top-k SAE's inference threshold to the mean, over batches, of the smallest activation that batch
+    top-k keeps, computed with the final weights (the BatchTopK paper's estimate; Bussmann et al. 2024).
+
+    Why: sae-lens tracks it during training as an exponential average (rate 0.01) that starts at 0 and is not
+    bias-corrected, so after a short run it is low (0.99^120 = 30% of the weight is still on the 0 start) and the
+    saved SAE fires more than k latents per token. Returns the new threshold.
+    """
+    minima = []
+    for batch_BD in batches:
+        acts_BF = sae.encode(batch_BD)
+        if (acts_BF > 0).any():
+            minima.append(acts_BF[acts_BF > 0].min().double())
+    if minima:
+        sae.topk_threshold = torch.stack(minima).mean().to(sae.topk_threshold)
+    return float(sae.topk_threshold)
 
 
 # --------------------------------------------------------------------------------------------- registration

@@ -10,6 +10,7 @@ the log-scale b absorbs (1 - a)·ln c.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -19,16 +20,18 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
+from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE
 from safetensors.torch import load_file, save_file
 
 import evalkit  # noqa: F401  (registers evalkit's variants into sae-lens)
+from evalkit.sae.training_unit import CALIBRATION_BATCHES, calibrate_batch_threshold
 from evalkit.world.build import World
 from evalkit.world.cache import cache_root, cached_entry
 from evalkit.world.zoo_init import init_from_data
 
 log = logging.getLogger(__name__)
 
-ZOO_VERSION = 3  # 2: top-k family with unit encoder columns; 3: outlier-aware init, jumprelu threshold 0.5
+ZOO_VERSION = 4  # 2: top-k family with unit encoder columns; 3: outlier-aware init; 4: batch-top-k threshold calibrated
 # Inference parameters that live in activation units: they scale with c when the SAE moves to raw activations.
 SCALED_PARAMS = ("b_enc", "b_dec", "b_gate", "b_mag", "threshold")
 
@@ -266,6 +269,9 @@ def train_one(
     data = _batches(acts_ND / c, zoo.batch_size, 1000 + entry.seed, on_step)
     t0 = time.perf_counter()
     SAETrainer(trainer_cfg, sae, data).fit()
+    if isinstance(sae, BatchTopKTrainingSAE):  # matryoshka included
+        held = _batches(acts_ND / c, zoo.batch_size, 2000 + entry.seed, lambda: None)
+        calibrate_batch_threshold(sae, itertools.islice(held, CALIBRATION_BATCHES))
     seconds = time.perf_counter() - t0
     sae.save_inference_model(out)
     rescale_saved_sae(out, c)
