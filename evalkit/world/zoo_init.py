@@ -6,7 +6,7 @@ own ordinary tokens, so at initialisation every latent fires on them. Per-token 
 top-k does not: the massive tokens took ~110 latents each, the batch threshold rose past what ordinary tokens
 reach, and batch-top-k k=16 ended with 75% dead latents whatever the step count, learning rate or decoder norm.
 Starting the encoders orthogonal to the outlier directions, with one latent per direction ready to reconstruct
-them, removes that transient (batch-top-k k=16: 75% -> <1% dead, FVU 0.0046 -> 0.0005). Training is free to
+them, removes that transient (batch-top-k k=16: 75% -> 2% dead, FVU 0.0046 -> 0.0005). Training is free to
 move every weight afterwards; nothing is frozen or constrained.
 """
 
