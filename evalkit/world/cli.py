@@ -94,11 +94,12 @@ def run_zoo(args: argparse.Namespace) -> int:
     for sae in summary["saes"]:
         extra = f", a = {sae['a_final']:.3f}" if "a_final" in sae else ""
         log.info(
-            "  %-28s %-22s %4d steps %5.1f s%s",
+            "  %-28s %-30s %4d steps %5.1f s, %-13s init%s",
             sae["name"],
             sae["architecture"],
             sae["steps"],
             sae["train_seconds"],
+            "outlier-aware" if sae.get("outlier_init") else "data",
             extra,
         )
     return 0
