@@ -62,17 +62,22 @@ class UnitEncoderMixin:
             state_dict["W_enc"] = unit_columns(self.W_enc).detach().clone().contiguous()
 
 
-def _no_rescale(cfg: TopKTrainingSAEConfig) -> None:
-    if cfg.rescale_acts_by_decoder_norm:
-        raise ValueError("unit-encoder training ranks by w_i·x + b_i; rescale_acts_by_decoder_norm must be False")
-
-
 @dataclass
-class UnitEncTopKTrainingSAEConfig(TopKTrainingSAEConfig):
-    """Per-token top-k with unit encoder columns; saved as plain `topk`."""
+class UnitEncoderConfigMixin:
+    """Config fields shared by the unit-encoder classes; listed first among the bases, before sae-lens' config."""
 
     aux_loss_coefficient: float = AUX_K_COEFFICIENT
     rescale_acts_by_decoder_norm: bool = False
+
+    def __post_init__(self) -> None:
+        if self.rescale_acts_by_decoder_norm:
+            raise ValueError("unit-encoder training ranks by w_i·x + b_i; rescale_acts_by_decoder_norm must be False")
+        super().__post_init__()  # type: ignore[misc]
+
+
+@dataclass
+class UnitEncTopKTrainingSAEConfig(UnitEncoderConfigMixin, TopKTrainingSAEConfig):
+    """Per-token top-k with unit encoder columns; saved as plain `topk`."""
 
     @override
     @classmethod
@@ -83,30 +88,19 @@ class UnitEncTopKTrainingSAEConfig(TopKTrainingSAEConfig):
     def get_inference_config_class(self) -> type[SAEConfig]:
         return TopKSAEConfig
 
-    def __post_init__(self) -> None:
-        _no_rescale(self)
-        super().__post_init__()
-
 
 class UnitEncTopKTrainingSAE(UnitEncoderMixin, TopKTrainingSAE):  # type: ignore[misc]
     cfg: UnitEncTopKTrainingSAEConfig  # type: ignore[assignment]
 
 
 @dataclass
-class UnitEncBatchTopKTrainingSAEConfig(BatchTopKTrainingSAEConfig):
+class UnitEncBatchTopKTrainingSAEConfig(UnitEncoderConfigMixin, BatchTopKTrainingSAEConfig):
     """Batch top-k with unit encoder columns; saved, as sae-lens saves batch-top-k, as `jumprelu`."""
-
-    aux_loss_coefficient: float = AUX_K_COEFFICIENT
-    rescale_acts_by_decoder_norm: bool = False
 
     @override
     @classmethod
     def architecture(cls) -> str:
         return "unit_enc_batchtopk"
-
-    def __post_init__(self) -> None:
-        _no_rescale(self)
-        super().__post_init__()
 
 
 class UnitEncBatchTopKTrainingSAE(UnitEncoderMixin, BatchTopKTrainingSAE):  # type: ignore[misc]
@@ -114,20 +108,13 @@ class UnitEncBatchTopKTrainingSAE(UnitEncoderMixin, BatchTopKTrainingSAE):  # ty
 
 
 @dataclass
-class UnitEncMatryoshkaTrainingSAEConfig(MatryoshkaBatchTopKTrainingSAEConfig):
+class UnitEncMatryoshkaTrainingSAEConfig(UnitEncoderConfigMixin, MatryoshkaBatchTopKTrainingSAEConfig):
     """Matryoshka batch top-k with unit encoder columns; saved as `jumprelu`."""
-
-    aux_loss_coefficient: float = AUX_K_COEFFICIENT
-    rescale_acts_by_decoder_norm: bool = False
 
     @override
     @classmethod
     def architecture(cls) -> str:
         return "unit_enc_matryoshka_batchtopk"
-
-    def __post_init__(self) -> None:
-        _no_rescale(self)
-        super().__post_init__()
 
 
 class UnitEncMatryoshkaTrainingSAE(UnitEncoderMixin, MatryoshkaBatchTopKTrainingSAE):  # type: ignore[misc]
