@@ -98,19 +98,23 @@ def test_plain_data_init_keeps_the_token_directions() -> None:
     assert torch.allclose(best_cos_F, torch.ones(128), atol=1e-5)  # each row starts at an ordinary token
 
 
-def _massive_and_ordinary_l0(outlier_init: bool, tmp_path: Path) -> tuple[float, float]:
+def _planted_batch_topk_firing(outlier_init: bool, out: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Train a k=4 batch-top-k zoo entry on `massive_tokens()` into `out`; (firing [N, F] of the saved SAE, massive
+    mask [N])."""
     acts_ND, massive_N, _ = massive_tokens()
     world = SimpleNamespace(model_dir=Path("planted"), hook_name="planted", fingerprint="planted")
     zoo = ZooSize(d_sae_multiple=4, steps=150, batch_size=256)
     params = {"k": 4, "rescale_acts_by_decoder_norm": False, "decoder_init_norm": 0.3}
     entry = ZooEntry("batchtopk", "unit_enc_batchtopk", params, 0, zoo.steps, outlier_init)
-    out = tmp_path / f"outlier_init_{outlier_init}"
     train_one(entry, acts_ND, activation_scale(acts_ND), world, zoo, out)  # type: ignore[arg-type]
-    assert (
-        outlier_init == (SAE.load_from_disk(str(out)).cfg.metadata.evalkit_init == "outlier_aware")  # type: ignore[attr-defined]
-    )
+    sae = SAE.load_from_disk(str(out))
+    assert outlier_init == (sae.cfg.metadata.evalkit_init == "outlier_aware")  # type: ignore[attr-defined]
     with torch.no_grad():
-        firing_NF = SAE.load_from_disk(str(out)).encode(acts_ND) > 0
+        return sae.encode(acts_ND) > 0, massive_N
+
+
+def _massive_and_ordinary_l0(outlier_init: bool, tmp_path: Path) -> tuple[float, float]:
+    firing_NF, massive_N = _planted_batch_topk_firing(outlier_init, tmp_path / f"outlier_init_{outlier_init}")
     return float(firing_NF[massive_N].sum(1).float().mean()), float(firing_NF[~massive_N].sum(1).float().mean())
 
 
@@ -144,14 +148,8 @@ def test_threshold_calibration_hand_case() -> None:
 
 
 def _batch_topk_inference_l0(out: Path) -> float:
-    acts_ND, _, _ = massive_tokens()
-    world = SimpleNamespace(model_dir=Path("planted"), hook_name="planted", fingerprint="planted")
-    zoo = ZooSize(d_sae_multiple=4, steps=150, batch_size=256)
-    params = {"k": 4, "rescale_acts_by_decoder_norm": False, "decoder_init_norm": 0.3}
-    entry = ZooEntry("batchtopk", "unit_enc_batchtopk", params, 0, zoo.steps, True)
-    train_one(entry, acts_ND, activation_scale(acts_ND), world, zoo, out)  # type: ignore[arg-type]
-    with torch.no_grad():
-        return float((SAE.load_from_disk(str(out)).encode(acts_ND) > 0).sum(1).float().mean())
+    firing_NF, _ = _planted_batch_topk_firing(True, out)
+    return float(firing_NF.sum(1).float().mean())
 
 
 def test_calibrated_batch_topk_fires_k_latents_per_token(tmp_path, monkeypatch) -> None:

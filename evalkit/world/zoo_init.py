@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-OUTLIER_MULTIPLE = 10.0
-"""Tokens whose norm exceeds this multiple of the median token norm are outliers (as in metrics.norm)."""
+from metrics.norm import OUTLIER_MULTIPLE  # one definition of an outlier token: > 10x the median norm
+
 ORDINARY_MULTIPLE = 5.0
 """Decoder directions start at tokens below this multiple of the median norm."""
 OUTLIER_ENERGY = 0.99
