@@ -98,9 +98,7 @@ class LLMClient:
     """Chat completions with bounded concurrency, retries, caching and caps. One instance per autointerp
     run."""
 
-    def __init__(
-        self, config: AutointerpConfig, cache_dir: Path | None = None, api_key: str | None = None
-    ) -> None:
+    def __init__(self, config: AutointerpConfig, cache_dir: Path | None = None, api_key: str | None = None) -> None:
         self.config = config
         self.cache_dir = Path(cache_dir) / "llm" if cache_dir is not None else None
         self.usage = Usage()
@@ -171,12 +169,8 @@ class LLMClient:
                     self.usage.failures += 1
                     if exc.connection:
                         url = self.config.base_url
-                        raise self._stop(
-                            "unreachable", f"cannot reach the LLM endpoint {url}: {exc.reason}"
-                        ) from None
-                    raise LLMRequestError(
-                        "llm_error", f"{exc.reason} (after {attempt + 1} attempts)"
-                    ) from None
+                        raise self._stop("unreachable", f"cannot reach the LLM endpoint {url}: {exc.reason}") from None
+                    raise LLMRequestError("llm_error", f"{exc.reason} (after {attempt + 1} attempts)") from None
                 delay = self._backoff(attempt, exc.retry_after)
                 self.usage.retries += 1
                 log.warning("LLM request failed (%s); retry %d in %.2fs", exc.reason, attempt + 1, delay)
@@ -196,9 +190,7 @@ class LLMClient:
         if c.max_requests is not None and u.requests >= c.max_requests:
             raise self._stop("budget_exhausted", f"request cap reached ({c.max_requests} requests)")
         if c.max_cost_usd is not None and u.cost_usd >= c.max_cost_usd:
-            raise self._stop(
-                "budget_exhausted", f"cost cap reached (${u.cost_usd:.4f} >= ${c.max_cost_usd:.4f})"
-            )
+            raise self._stop("budget_exhausted", f"cost cap reached (${u.cost_usd:.4f} >= ${c.max_cost_usd:.4f})")
 
     def _stop(self, status: str, reason: str) -> LLMRequestError:
         """Record why no further request will be sent; every later request fails fast with the same status."""

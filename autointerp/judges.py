@@ -86,9 +86,7 @@ def named_tokens(explanation: str) -> frozenset[str]:
     quoted = [_unquote(q) for q in re.findall(r'"(?:[^"\\]|\\.)+"', explanation)]
     if quoted:
         return frozenset(normalize_token(q) for q in quoted if normalize_token(q))
-    return frozenset(
-        w for w in (normalize_token(x) for x in re.findall(r"\w+", explanation)) if w not in _FILLER
-    )
+    return frozenset(w for w in (normalize_token(x) for x in re.findall(r"\w+", explanation)) if w not in _FILLER)
 
 
 def content_hash(*parts: object) -> str:

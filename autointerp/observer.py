@@ -61,13 +61,9 @@ class AutointerpObserver:
 
     def observe(self, sae_id: str, batch: SaeBatch) -> None:
         if batch.tokens_T is None:
-            raise EvalkitInputError(
-                "autointerp", "the activation source has no token ids; windows need tokens"
-            )
+            raise EvalkitInputError("autointerp", "the activation source has no token ids; windows need tokens")
         seq_T = batch.extras.get(SEQ_INDEX_KEY)
-        tokens_BS, codes_BSF, special_BS = sequences_from_flat(
-            batch.tokens_T, batch.f_TF, batch.positions_T, seq_T
-        )
+        tokens_BS, codes_BSF, special_BS = sequences_from_flat(batch.tokens_T, batch.f_TF, batch.positions_T, seq_T)
         self.collectors[sae_id].update(tokens_BS, codes_BSF, special_BS)
 
     def examples(self, sae_id: str) -> dict[int, LatentExamples]:

@@ -201,9 +201,7 @@ async def _score_all(
     config: AutointerpConfig,
 ) -> list[AutointerpRow]:
     ok = sorted(k for k, e in explanations.items() if e.text is not None)
-    jobs: list[tuple[int, str, str]] = [
-        (k, name, str(explanations[k].text)) for k in ok for name in config.scorers
-    ]
+    jobs: list[tuple[int, str, str]] = [(k, name, str(explanations[k].text)) for k in ok for name in config.scorers]
     if config.shuffled_control:
         partner = derangement(ok, config.seed)
         jobs += [(k, CONTROL, str(explanations[partner[k]].text)) for k in ok if k in partner]
@@ -211,16 +209,12 @@ async def _score_all(
     async def one(latent: int, name: str, text: str) -> AutointerpRow:
         scorer = SCORERS.get("detection" if name == CONTROL else name)
         result = await scorer.score(examples[latent], text, judge, decode, config.seed)
-        return _row(
-            examples[latent], replace(result, scorer=name), text, judge.model, explanations[latent].model
-        )
+        return _row(examples[latent], replace(result, scorer=name), text, judge.model, explanations[latent].model)
 
     return list(await asyncio.gather(*(one(*job) for job in jobs)))
 
 
-def _row(
-    ex: LatentExamples, s: Score, explanation: str | None, model: str, explainer_model: str
-) -> AutointerpRow:
+def _row(ex: LatentExamples, s: Score, explanation: str | None, model: str, explainer_model: str) -> AutointerpRow:
     return AutointerpRow(
         ex.latent,
         s.scorer,
@@ -292,13 +286,9 @@ def aggregate(
         out += _mean_std([v for _, v in scores(scorer)], name)
         if scorer != CONTROL:
             out += [MetricValue(name, v, latent) for latent, v in scores(scorer)]
-    out += _mean_std(
-        [v for _, v in scores("detection", "positive_fraction")], "autointerp_detection_positive_fraction"
-    )
+    out += _mean_std([v for _, v in scores("detection", "positive_fraction")], "autointerp_detection_positive_fraction")
     scored = {r.latent for r in rows if r.status == "ok" and r.scorer != CONTROL}
-    parse_failures = sum(r.parse_failures for r in rows) + sum(
-        e.parse_failures for e in explanations.values()
-    )
+    parse_failures = sum(r.parse_failures for r in rows) + sum(e.parse_failures for e in explanations.values())
     judged = sum(1 for r in rows if r.status in ("ok", "parse_failure") and r.explanation is not None)
     judged += sum(1 for e in explanations.values() if e.status in ("ok", "parse_failure"))
     out += [

@@ -114,9 +114,7 @@ class _Pool:
         keys, seqs, poss = self.key_FK[i].tolist(), self.seq_FK[i].tolist(), self.pos_FK[i].tolist()
         toks, wacts = self.tok_FKW[i].tolist(), self.wact_FKW[i].tolist()
         return [
-            (keys[j], _make_window(toks[j], wacts[j], seqs[j], poss[j], kind))
-            for j in range(len(keys))
-            if seqs[j] >= 0
+            (keys[j], _make_window(toks[j], wacts[j], seqs[j], poss[j], kind)) for j in range(len(keys)) if seqs[j] >= 0
         ]
 
 
@@ -190,9 +188,7 @@ class ExampleCollector:
     Call `update(tokens_BS, codes_BSF, special_BS)` per batch, then `finish()` once.
     """
 
-    def __init__(
-        self, d_sae: int, latents: list[int] | None = None, config: AutointerpConfig | None = None
-    ) -> None:
+    def __init__(self, d_sae: int, latents: list[int] | None = None, config: AutointerpConfig | None = None) -> None:
         self.config = config or AutointerpConfig()
         self.d_sae = d_sae
         self.latents = list(range(d_sae)) if latents is None else sorted(set(latents))
@@ -205,9 +201,7 @@ class ExampleCollector:
         # finish.
         self._iw = _Pool(n, c.n_iw_total + c.n_top_total + 8, c.window_len)
         self._uni = (
-            _Pool(n, 8 * c.n_quantiles + c.n_top_explain, c.window_len)
-            if c.explain_sampler == "quantile"
-            else None
+            _Pool(n, 8 * c.n_quantiles + c.n_top_explain, c.window_len) if c.explain_sampler == "quantile" else None
         )
         self._rand_key_R = torch.full((c.random_pool,), _NEG_INF)
         self._rand_seq_R = torch.full((c.random_pool,), -1, dtype=torch.long)
@@ -223,9 +217,7 @@ class ExampleCollector:
     def update_from_batch(self, batch: ActivationBatch, codes_BSF: torch.Tensor) -> None:
         """Convenience for the runner: the same as update() with the batch's tokens and special mask."""
         if batch.tokens_BS is None:
-            raise EvalkitInputError(
-                "autointerp", "the activation source has no token ids; windows need tokens"
-            )
+            raise EvalkitInputError("autointerp", "the activation source has no token ids; windows need tokens")
         self.update(batch.tokens_BS, codes_BSF, batch.special_BS)
 
     @torch.no_grad()
@@ -233,8 +225,7 @@ class ExampleCollector:
         if codes_BSF.dim() != 3 or codes_BSF.shape[:2] != tokens_BS.shape or codes_BSF.shape[2] != self.d_sae:
             raise EvalkitInputError(
                 "autointerp",
-                f"codes {tuple(codes_BSF.shape)} do not match tokens "
-                f"{tuple(tokens_BS.shape)} and d_sae {self.d_sae}",
+                f"codes {tuple(codes_BSF.shape)} do not match tokens {tuple(tokens_BS.shape)} and d_sae {self.d_sae}",
             )
         special_BS = special_BS.bool().cpu()
         codes_BSF = codes_BSF.detach().float().cpu()
@@ -261,9 +252,7 @@ class ExampleCollector:
     def _update_stats(self, ctx: _BatchContext) -> None:
         self._max_F = self._max_F.scatter_reduce(0, ctx.f_N, ctx.v_N, "amax")
         bins_N = torch.bucketize(ctx.v_N.double(), _HIST_EDGES)
-        self._hist_FH.view(-1).index_add_(
-            0, ctx.f_N * self._hist_FH.shape[1] + bins_N, torch.ones_like(bins_N)
-        )
+        self._hist_FH.view(-1).index_add_(0, ctx.f_N * self._hist_FH.shape[1] + bins_N, torch.ones_like(bins_N))
 
     def _update_random(self, ctx: _BatchContext, special_BS: torch.Tensor) -> None:
         """One uniformly random non-special token per sequence competes for the shared random pool."""
@@ -289,11 +278,7 @@ class ExampleCollector:
 
     def _firings(self, i: int, threshold: float) -> int:
         lower_edges = torch.cat([torch.zeros(1, dtype=torch.float64), _HIST_EDGES])
-        return (
-            int(self._hist_FH[i][lower_edges > threshold].sum())
-            if threshold > 0
-            else int(self._hist_FH[i].sum())
-        )
+        return int(self._hist_FH[i][lower_edges > threshold].sum()) if threshold > 0 else int(self._hist_FH[i].sum())
 
     def _finish_one(self, i: int, latent: int) -> LatentExamples:
         c = self.config
@@ -311,9 +296,7 @@ class ExampleCollector:
                 if firings < c.min_firings
                 else f"only {len(top)} non-overlapping top windows (< {c.n_top_total})"
             )
-            return LatentExamples(
-                latent, firings, max_act, threshold, status="insufficient_examples", reason=reason
-            )
+            return LatentExamples(latent, firings, max_act, threshold, status="insufficient_examples", reason=reason)
         rng = np.random.default_rng([c.seed, latent, 1])
         held_top_idx = set(rng.choice(len(top), size=c.n_top_score, replace=False).tolist())
         floor = min(w.max_act for w in top)
@@ -334,9 +317,7 @@ class ExampleCollector:
                 w for j, w in enumerate(iw) if j not in held_iw_idx
             ]
         random = self._random_windows(i, [*explain, *held_out], rng)
-        return LatentExamples(
-            latent, firings, max_act, threshold, tuple(explain), tuple(held_out), tuple(random)
-        )
+        return LatentExamples(latent, firings, max_act, threshold, tuple(explain), tuple(held_out), tuple(random))
 
     def _quantile_windows(
         self, i: int, threshold: float, held_out: list[Window], rng: np.random.Generator

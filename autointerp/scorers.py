@@ -93,9 +93,7 @@ def _snippet(window: Window, decode: Decode, highlight: list[bool] | None = None
 class DetectionScorer:
     name = "detection"
 
-    async def score(
-        self, examples: LatentExamples, explanation: str, judge: Judge, decode: Decode, seed: int
-    ) -> Score:
+    async def score(self, examples: LatentExamples, explanation: str, judge: Judge, decode: Decode, seed: int) -> Score:
         items = [(w, True) for w in examples.held_out]
         items += [(w, any(w.active(examples.threshold))) for w in examples.random]
         order = _rng(seed, examples.latent, 11).permutation(len(items)).tolist()
@@ -117,9 +115,7 @@ def _random_highlight(window: Window, threshold: float, rng: np.random.Generator
 class FuzzingScorer:
     name = "fuzzing"
 
-    async def score(
-        self, examples: LatentExamples, explanation: str, judge: Judge, decode: Decode, seed: int
-    ) -> Score:
+    async def score(self, examples: LatentExamples, explanation: str, judge: Judge, decode: Decode, seed: int) -> Score:
         rng = _rng(seed, examples.latent, 12)
         items: list[tuple[Snippet, bool]] = []
         for w in examples.held_out:
@@ -135,9 +131,7 @@ class FuzzingScorer:
 class SimulationScorer:
     name = "simulation"
 
-    async def score(
-        self, examples: LatentExamples, explanation: str, judge: Judge, decode: Decode, seed: int
-    ) -> Score:
+    async def score(self, examples: LatentExamples, explanation: str, judge: Judge, decode: Decode, seed: int) -> Score:
         windows = [*examples.held_out, *examples.random]
         verdict = await judge.simulate(explanation, [_snippet(w, decode) for w in windows])
         if verdict.predictions is None:

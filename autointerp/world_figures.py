@@ -109,18 +109,14 @@ def figures(saes: list[LoadedSAE], n_tokens: int, size: str = "default") -> list
         ctl_rows = [r for r in result.rows if r.scorer == CONTROL and r.score is not None]
         ctl = [float(r.score) for r in ctl_rows if r.score is not None]
         same = sum(r.explanation == own[r.latent] for r in ctl_rows)
-        distinct = [
-            float(r.score) for r in ctl_rows if r.score is not None and r.explanation != own[r.latent]
-        ]
+        distinct = [float(r.score) for r in ctl_rows if r.score is not None and r.explanation != own[r.latent]]
         stats = (*_mean_std(det), *_mean_std(ctl), len(det), same, _mean_std(distinct)[0])
         out.append(WorldFigure(s.sae_id, len(eligible), len(aligned), *stats))
     return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sae", action="append", required=True, help="SAE folder (or a folder of several)")
     parser.add_argument("--tokens", type=int, default=32768)
     parser.add_argument("--max-saes", type=int, default=8)

@@ -152,9 +152,7 @@ def run_saelens(model: HookedTransformer, saes: list[SAE], tokens: torch.Tensor)
 def memory_worker(n_saes: int, n_tokens: int) -> None:
     """Run evalkit once and print its wall time and peak RSS (MiB) as JSON (called in a fresh process)."""
     model = bench_model()
-    wall = run_evalkit(
-        model, bench_saes(n_saes, model.cfg.d_model), bench_tokens(n_tokens, model.cfg.d_vocab)
-    )
+    wall = run_evalkit(model, bench_saes(n_saes, model.cfg.d_model), bench_tokens(n_tokens, model.cfg.d_vocab))
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"n_tokens": n_tokens, "wall_s": wall, "peak_rss_mib": peak_mib}))
 

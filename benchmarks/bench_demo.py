@@ -57,15 +57,11 @@ def run_demo_subprocess(out: Path, cache: Path, size: str) -> DemoRun:
 
 def _describe(label: str, run: DemoRun) -> str:
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in run.stages_s.items())
-    return (
-        f"{label}: {run.wall_s:.1f} s wall ({stages}); results computed {run.computed}, reused {run.reused}"
-    )
+    return f"{label}: {run.wall_s:.1f} s wall ({stages}); results computed {run.computed}, reused {run.reused}"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="default", help="world/zoo size (default: default)")
     parser.add_argument("--keep", type=Path, default=None, help="keep cache and outputs in this folder")
     args = parser.parse_args()

@@ -31,8 +31,13 @@ def cpu_seconds() -> float:
 
 
 def timed_report(stage: str, start: float, cpu_start: float, result: str) -> dict[str, object]:
-    return {"stage": stage, "seconds": time.perf_counter() - start, "cpu_seconds": cpu_seconds() - cpu_start,
-            "peak_gib": peak_rss_gib(), "result": result}
+    return {
+        "stage": stage,
+        "seconds": time.perf_counter() - start,
+        "cpu_seconds": cpu_seconds() - cpu_start,
+        "peak_gib": peak_rss_gib(),
+        "result": result,
+    }
 
 
 def dictionaries(n: int, d_in: int, kind: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,8 +60,14 @@ def run_matching(n: int, d_in: int, kind: str, queue: mp.Queue) -> None:
     start, cpu_start = time.perf_counter(), cpu_seconds()
     m = match_dictionaries(A, B)
     mmcs = (m.best_A.mean() + m.best_B.mean()) / 2
-    queue.put(timed_report(f"matching {n}x{n} d_in={d_in} ({kind})", start, cpu_start,
-                           f"mean matched cos {m.cos.mean():.4f}, mmcs {mmcs:.4f}"))
+    queue.put(
+        timed_report(
+            f"matching {n}x{n} d_in={d_in} ({kind})",
+            start,
+            cpu_start,
+            f"mean matched cos {m.cos.mean():.4f}, mmcs {mmcs:.4f}",
+        )
+    )
 
 
 def run_decoder_eps(h: int, d_in: int, kind: str, queue: mp.Queue) -> None:
@@ -66,8 +77,9 @@ def run_decoder_eps(h: int, d_in: int, kind: str, queue: mp.Queue) -> None:
     W = torch.randn(h, d_in, generator=torch.Generator().manual_seed(1))
     start, cpu_start = time.perf_counter(), cpu_seconds()
     eps_max, eps_mean = decoder_eps(W)
-    queue.put(timed_report(f"decoder_eps h={h} d_in={d_in}", start, cpu_start,
-                           f"max {eps_max:.4f}, mean {eps_mean:.5f}"))
+    queue.put(
+        timed_report(f"decoder_eps h={h} d_in={d_in}", start, cpu_start, f"max {eps_max:.4f}, mean {eps_mean:.5f}")
+    )
 
 
 STAGES = {"matching": (run_matching, 16384), "decoder_eps": (run_decoder_eps, 65536)}
@@ -89,8 +101,15 @@ def main() -> None:
         report = queue.get()
         proc.join()
         verdict = "OK" if report["seconds"] <= 60 and report["peak_gib"] <= 2 else "OVER TARGET"
-        log.info("%s: %.1f s wall, %.1f s CPU (2 threads), peak RSS %.2f GiB [%s] — %s", report["stage"],
-                 report["seconds"], report["cpu_seconds"], report["peak_gib"], verdict, report["result"])
+        log.info(
+            "%s: %.1f s wall, %.1f s CPU (2 threads), peak RSS %.2f GiB [%s] — %s",
+            report["stage"],
+            report["seconds"],
+            report["cpu_seconds"],
+            report["peak_gib"],
+            verdict,
+            report["result"],
+        )
 
 
 if __name__ == "__main__":

@@ -69,13 +69,9 @@ def held_out_figures(world: World, zoo: Path, names: list[str], n_tokens: int) -
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="default", choices=("default", "small"))
-    parser.add_argument(
-        "--cache-dir", default=None, help="default: a fresh temporary folder (an empty cache)"
-    )
+    parser.add_argument("--cache-dir", default=None, help="default: a fresh temporary folder (an empty cache)")
     parser.add_argument("--eval-tokens", type=int, default=65536)
     parser.add_argument(
         "--zoo-size", default=None, help="zoo recipe (evalkit.world.zoo.ZOO_SIZES); default: the world size"

@@ -117,9 +117,7 @@ def run_demo(
     _timed(timings, "zoo", t0)
 
     t0 = time.perf_counter()
-    log.info(
-        "demo: evaluating every SAE in %s (metrics %s, autointerp %s)", zoo, DEMO_METRICS, DEMO_AUTOINTERP
-    )
+    log.info("demo: evaluating every SAE in %s (metrics %s, autointerp %s)", zoo, DEMO_METRICS, DEMO_AUTOINTERP)
     # `evalkit run` itself limits BLAS to one thread (many small scikit-learn fits).
     status = run_command(run_arguments(out, zoo, world, force))
     if status != 0:

@@ -53,11 +53,7 @@ class TokenFilter:
         """Mask [B, S] after the special-token rule and the token budget; None once the budget is spent."""
         if self.remaining is not None and self.remaining <= 0:
             return None
-        keep_BS = (
-            ~batch.special_BS.bool()
-            if self.exclude_special
-            else torch.ones_like(batch.special_BS, dtype=bool)
-        )
+        keep_BS = ~batch.special_BS.bool() if self.exclude_special else torch.ones_like(batch.special_BS, dtype=bool)
         keep_BS = keep_BS.to(batch.acts_BSD.device)
         if self.remaining is not None:
             flat = keep_BS.flatten()
@@ -81,8 +77,7 @@ def check_batch(batch: ActivationBatch, i: int, source: DataSource, members: Seq
         if s.d_in != batch.d_in:
             raise EvalkitInputError(
                 s.path,
-                f"SAE d_in {s.d_in} does not match the activations' d_in {batch.d_in}"
-                f" at hook {source.hook_name}",
+                f"SAE d_in {s.d_in} does not match the activations' d_in {batch.d_in} at hook {source.hook_name}",
             )
     if not torch.isfinite(batch.acts_BSD).all():
         raise EvalkitInputError(
@@ -149,15 +144,11 @@ class PassStats:
         )
 
 
-def norm_prepass(
-    hook: str, source: DataSource, settings: EvalSettings, members: Sequence[SaeLike]
-) -> HookData:
+def norm_prepass(hook: str, source: DataSource, settings: EvalSettings, members: Sequence[SaeLike]) -> HookData:
     """Read the data once: validate it, keep evaluation-token norms, fingerprint it, build the EvalContext."""
     token_filter = TokenFilter(settings)
     stats = PassStats()
-    batches = tqdm(
-        source.open_batches(), desc=f"norm pre-pass {hook}", unit="batch", leave=False, disable=None
-    )
+    batches = tqdm(source.open_batches(), desc=f"norm pre-pass {hook}", unit="batch", leave=False, disable=None)
     for i, batch in enumerate(batches):
         check_batch(batch, i, source, members)
         keep_BS = token_filter.keep_before_norm(batch)
@@ -172,13 +163,9 @@ def provisional_hook_data(hook: str, source: DataSource, settings: EvalSettings)
     norms and counts are filled in by the evaluation pass itself."""
     nan = float("nan")
     labels = source.label_names or ()
-    ctx = EvalContext(
-        median_norm=nan, norm_q25=nan, norm_q75=nan, n_tokens=0, label_names=labels, seed=settings.seed
-    )
+    ctx = EvalContext(median_norm=nan, norm_q25=nan, norm_q75=nan, n_tokens=0, label_names=labels, seed=settings.seed)
     assert source.fingerprint is not None
-    return HookData(
-        hook, source, ctx, source.fingerprint, None, bool(source.has_tokens), labels, 0, 0, 0, False
-    )
+    return HookData(hook, source, ctx, source.fingerprint, None, bool(source.has_tokens), labels, 0, 0, 0, False)
 
 
 def data_stats(data: HookData) -> dict[str, JsonValue]:

@@ -97,9 +97,7 @@ class AutointerpStage:
             key = self.keys[s.sae_id]
             if self.observer.wants(s.sae_id):
                 hook = hook_of[s.sae_id]
-                shards[s.sae_id], rows_by_sae[s.sae_id], note = self._score(
-                    s, key, hook, n_tokens.get(hook, 0)
-                )
+                shards[s.sae_id], rows_by_sae[s.sae_id], note = self._score(s, key, hook, n_tokens.get(hook, 0))
                 notes += [note] if note else []
             else:
                 shards[s.sae_id] = self.store.load(key)
@@ -127,9 +125,7 @@ class AutointerpStage:
         return shard, rows, result.stop_reason
 
     @staticmethod
-    def _csv(
-        saes: Sequence[SaeLike], rows_by_sae: dict[str, list[dict[str, str | int | float | None]]]
-    ) -> str:
+    def _csv(saes: Sequence[SaeLike], rows_by_sae: dict[str, list[dict[str, str | int | float | None]]]) -> str:
         from autointerp.pipeline import AUTOINTERP_COLUMNS
 
         buf = io.StringIO()
@@ -137,15 +133,11 @@ class AutointerpStage:
         writer.writerow(["sae_id", *AUTOINTERP_COLUMNS])
         for s in saes:
             for row in rows_by_sae.get(s.sae_id, []):
-                writer.writerow(
-                    [s.sae_id, *("" if row.get(c) is None else row.get(c) for c in AUTOINTERP_COLUMNS)]
-                )
+                writer.writerow([s.sae_id, *("" if row.get(c) is None else row.get(c) for c in AUTOINTERP_COLUMNS)])
         return buf.getvalue()
 
 
-def recorded_latents(
-    examples: dict[int, LatentExamples], result: AutointerpResult, seed: int
-) -> set[int]:
+def recorded_latents(examples: dict[int, LatentExamples], result: AutointerpResult, seed: int) -> set[int]:
     """The latents whose windows go to examples/<sae>.jsonl: those autointerp scored, topped up (seeded) to
     the report's CARDS_PER_SAE with other latents that have top windows.
 

@@ -41,24 +41,17 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
         action="append",
         required=True,
         metavar="PATH",
-        help="an SAE folder/file, a folder of SAEs (searched recursively), or sae-lens:RELEASE/SAE_ID; "
-        "repeatable",
+        help="an SAE folder/file, a folder of SAEs (searched recursively), or sae-lens:RELEASE/SAE_ID; repeatable",
     )
-    p.add_argument(
-        "--format", default=None, help="SAE file format (default: detected from the files present)"
-    )
+    p.add_argument("--format", default=None, help="SAE file format (default: detected from the files present)")
     p.add_argument(
         "--activations",
         metavar="FILE",
         help="precomputed activations (.safetensors/.npy/.pt); CE/KL metrics are then skipped with a reason",
     )
-    p.add_argument(
-        "--model", help="transformer-lens model name or local folder (default: from the SAE config)"
-    )
+    p.add_argument("--model", help="transformer-lens model name or local folder (default: from the SAE config)")
     p.add_argument("--hook", help="hook point (default: from the SAE config)")
-    p.add_argument(
-        "--dataset", help="text or token data: local .txt/.jsonl/.parquet or a Hugging Face dataset name"
-    )
+    p.add_argument("--dataset", help="text or token data: local .txt/.jsonl/.parquet or a Hugging Face dataset name")
     p.add_argument(
         "--tokens",
         type=int,
@@ -81,9 +74,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     )
     p.add_argument("--out", default="evalkit-out", type=Path, help="output folder (default evalkit-out/)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument(
-        "--dtype", default="float32", choices=sorted(DTYPES), help="SAE compute dtype (default float32)"
-    )
+    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="SAE compute dtype (default float32)")
     p.add_argument("--seed", type=int, default=0, help="seed for sampling done by metrics (default 0)")
     p.add_argument(
         "--exclude-special",
@@ -110,9 +101,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     )
     p.add_argument("--llm-base-url", help="OpenAI-compatible endpoint for --autointerp llm")
     p.add_argument("--llm-model", help="model name at that endpoint")
-    p.add_argument(
-        "--max-llm-cost", type=float, default=None, help="stop LLM requests at this estimated cost (USD)"
-    )
+    p.add_argument("--max-llm-cost", type=float, default=None, help="stop LLM requests at this estimated cost (USD)")
     p.add_argument("--force", action="store_true", help="recompute results already cached in --out")
     p.add_argument(
         "--seed-group",
@@ -157,9 +146,7 @@ def load_all_saes(paths: Sequence[str], fmt: str | None, device: str, dtype: str
     for path in paths:
         for s in load_saes(path, format=fmt, device=device):
             if s.sae_id in seen and seen[s.sae_id] != s.path:
-                raise EvalkitInputError(
-                    s.path, f"has the same SAE id {s.sae_id!r} as {seen[s.sae_id]}; rename one"
-                )
+                raise EvalkitInputError(s.path, f"has the same SAE id {s.sae_id!r} as {seen[s.sae_id]}; rename one")
             if s.sae_id not in seen:
                 seen[s.sae_id] = s.path
                 if dtype != "float32":
@@ -189,9 +176,7 @@ def _adapt(source: ActivationSource, hook: str) -> DataSource:
     )
 
 
-def resolve_sources(
-    args: argparse.Namespace, saes: Sequence[SaeLike]
-) -> tuple[dict[str, DataSource], dict[str, str]]:
+def resolve_sources(args: argparse.Namespace, saes: Sequence[SaeLike]) -> tuple[dict[str, DataSource], dict[str, str]]:
     """The data for each hook and the hook each SAE is evaluated at, in CONTRACT.md's order of precedence:
     --activations, then a model (--model/--hook/--dataset, defaults from the SAE configs), then the embedded
     world."""
@@ -221,9 +206,7 @@ def resolve_sources(
         for hook in dict.fromkeys(hook_of.values()):
             first = next(s for s in saes if hook_of[s.sae_id] == hook)
             model = args.model or getattr(first, "model_name", None)
-            sources[hook] = _adapt(
-                open_source(model=model, hook=hook or None, dataset=args.dataset, **common), hook
-            )
+            sources[hook] = _adapt(open_source(model=model, hook=hook or None, dataset=args.dataset, **common), hook)
         return sources, hook_of
     # `args.world` (a built World) is set by `evalkit demo` (any world size); the run CLI leaves it unset.
     source = open_source(world=getattr(args, "world", None), **common)
@@ -325,9 +308,7 @@ def _run_command(args: argparse.Namespace) -> int:
     saes = load_all_saes(args.sae, args.format, args.device, args.dtype)
     sources, hook_of = resolve_sources(args, saes)
     store = ResultStore(args.out)
-    stage = (
-        AutointerpStage(args, settings, store, saes, sources, hook_of) if args.autointerp != "off" else None
-    )
+    stage = AutointerpStage(args, settings, store, saes, sources, hook_of) if args.autointerp != "off" else None
     runner = Runner(store, settings, specs, [stage.observer] if stage else [])
     outcome = runner.run(saes, sources, _explicit_groups(args), hook_of)
     notes = [f"metric module metrics.{m} failed to import" for m in failed]

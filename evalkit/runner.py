@@ -93,9 +93,7 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _config_hash(
-    spec: MetricSpec, settings: EvalSettings, data: HookData, members: Sequence[str] = ()
-) -> str:
+def _config_hash(spec: MetricSpec, settings: EvalSettings, data: HookData, members: Sequence[str] = ()) -> str:
     payload: dict[str, JsonValue] = {
         "entry": spec.name,
         "version": spec.version,
@@ -172,8 +170,7 @@ class Runner:
         """Evaluate `saes`. `sources` maps a hook (the results' `hook` column) to its data; `hook_of` maps
         sae_id to one of those keys (default: the SAE's hook_name, or the only source if just one)."""
         hook_of = hook_of or {
-            s.sae_id: s.hook_name if s.hook_name in sources or len(sources) != 1 else next(iter(sources))
-            for s in saes
+            s.sae_id: s.hook_name if s.hook_name in sources or len(sources) != 1 else next(iter(sources)) for s in saes
         }
         for s in saes:
             if hook_of.get(s.sae_id) not in sources:
@@ -197,9 +194,7 @@ class Runner:
             hooks[hook] = self._run_hook(data, members, results, grouped_ids)
         self._run_groups(groups, hooks, results)
         ordered = [results[s.sae_id] for s in saes if s.sae_id in results]
-        return RunOutcome(
-            ordered, list(self.skipped.values()), self.computed, self.reused, self.timings_s, hooks
-        )
+        return RunOutcome(ordered, list(self.skipped.values()), self.computed, self.reused, self.timings_s, hooks)
 
     def _needs_prepass(self, source: DataSource) -> bool:
         """The pre-pass reads the data an extra time; skip it when nothing needs norms before the pass."""
@@ -228,9 +223,7 @@ class Runner:
                 states.append(SaeState(s, pending, wants_ds))
         t0 = time.perf_counter()
         stats = stream_pass(data, states, members, self.settings, self.observers) if states else None
-        data_key = stable_hash(
-            {"hook": data.hook, "data": data.fingerprint, "settings": self.settings.hashed()}
-        )
+        data_key = stable_hash({"hook": data.hook, "data": data.fingerprint, "settings": self.settings.hashed()})
         if stats is not None and not data.prepassed:
             data = stats.hook_data(data.hook, data.source, self.settings, prepassed=False)
         elif not data.prepassed:  # everything was cached: report what the pass that computed it measured
@@ -302,9 +295,7 @@ class Runner:
             for s in group
         }
         cached = (
-            {sid: self._cached(k) for sid, k in keys.items()}
-            if all(self.store.has(k) for k in keys.values())
-            else {}
+            {sid: self._cached(k) for sid, k in keys.items()} if all(self.store.has(k) for k in keys.values()) else {}
         )
         if cached and all(v is not None for v in cached.values()):
             for sid, shard in cached.items():

@@ -33,9 +33,7 @@ class PatchScorer:
     t+1 and is NaN at a sequence's last position.
     """
 
-    def __init__(
-        self, clean_logits_BSV: torch.Tensor, tokens_BS: torch.Tensor, keep_BS: torch.Tensor
-    ) -> None:
+    def __init__(self, clean_logits_BSV: torch.Tensor, tokens_BS: torch.Tensor, keep_BS: torch.Tensor) -> None:
         device = clean_logits_BSV.device
         self.keep_BS = keep_BS.to(device)
         next_BS = torch.full(tokens_BS.shape, -1, dtype=torch.long, device=device)
@@ -75,6 +73,4 @@ class Splicer:
         def replace(acts: torch.Tensor, hook: object) -> torch.Tensor:
             return new_acts_BSD.to(acts.dtype).reshape(acts.shape)
 
-        return self.model.run_with_hooks(
-            tokens_BS, return_type="logits", fwd_hooks=[(self.hook_name, replace)]
-        )
+        return self.model.run_with_hooks(tokens_BS, return_type="logits", fwd_hooks=[(self.hook_name, replace)])

@@ -88,9 +88,7 @@ class ResultStore:
 
     def load(self, key: ResultKey) -> Shard:
         data = json.loads(self._path(key).read_text(encoding="utf-8"))
-        values = tuple(
-            MetricValue(str(m), float(v), None if lat is None else int(lat)) for m, v, lat in data["values"]
-        )
+        values = tuple(MetricValue(str(m), float(v), None if lat is None else int(lat)) for m, v, lat in data["values"])
         raw_samples = data.get("samples")
         samples = (
             None

@@ -76,9 +76,7 @@ def stream_pass(
         if not keep_BS.any():
             continue
         acts_BSD = batch.acts_BSD.float()
-        scorer, base_extras = (
-            _clean_and_zero(splicer, batch.tokens_BS, acts_BSD, keep_BS) if splicer else (None, {})
-        )
+        scorer, base_extras = _clean_and_zero(splicer, batch.tokens_BS, acts_BSD, keep_BS) if splicer else (None, {})
         # The sequence (within the pass) of each kept token: the autointerp observer rebuilds windows.
         seq_BS = torch.arange(n_seq_seen - n_seq, n_seq_seen, device=keep_BS.device)[:, None]
         base_extras[SEQ_INDEX_KEY] = seq_BS.expand(n_seq, seq_len)[keep_BS]

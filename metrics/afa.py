@@ -72,9 +72,15 @@ def eps_lbo(z_norms_T: torch.Tensor, code_norms_T: torch.Tensor, h: int) -> torc
 
 
 @stream_metric(
-    "afa_eps", group="afa",
-    produces=("afa_eps_lbo_median", "afa_eps_lbo_mean", "afa_eps_lbo_p90", "afa_rel_error_median",
-              "afa_zero_code_tokens"),
+    "afa_eps",
+    group="afa",
+    produces=(
+        "afa_eps_lbo_median",
+        "afa_eps_lbo_mean",
+        "afa_eps_lbo_p90",
+        "afa_rel_error_median",
+        "afa_zero_code_tokens",
+    ),
     version=2,  # v2 keeps a per-token sample in its shard; v1 shards have none
 )
 class AfaEpsilon:
@@ -142,7 +148,7 @@ def decoder_eps(W_dec_FD: torch.Tensor, block: int = DECODER_BLOCK) -> tuple[flo
         return 0.0, 0.0
     total, largest = 0.0, 0.0
     for start in range(0, h, block):
-        rows = d_hat[start:start + block]
+        rows = d_hat[start : start + block]
         gram = (rows @ d_hat[start:].T).abs_()
         # The leading square is the diagonal block: keep only j > i there.
         n = rows.shape[0]

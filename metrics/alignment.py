@@ -118,9 +118,15 @@ def gmm_separation(values: np.ndarray, seed: int) -> float:
 
 
 @weights_metric(
-    "alignment", group="alignment",
-    produces=("alignment_mean", "alignment_median", "alignment_frac_unit", "alignment_bimodality_coefficient",
-              "alignment_gmm_separation"),
+    "alignment",
+    group="alignment",
+    produces=(
+        "alignment_mean",
+        "alignment_median",
+        "alignment_frac_unit",
+        "alignment_bimodality_coefficient",
+        "alignment_gmm_separation",
+    ),
     per_latent=("alignment_score", "alignment_cosine"),
 )
 def alignment_metric(sae: torch.nn.Module, ctx: EvalContext) -> list[MetricValue]:

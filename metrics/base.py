@@ -122,36 +122,63 @@ class MetricSpec:
 METRICS: Registry[MetricSpec] = Registry("metric")
 
 
-def _register(kind: MetricKind, name: str, group: str, produces: Sequence[str], per_latent: Sequence[str],
-              requires: Sequence[str], version: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def _register(
+    kind: MetricKind,
+    name: str,
+    group: str,
+    produces: Sequence[str],
+    per_latent: Sequence[str],
+    requires: Sequence[str],
+    version: int,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     if group not in GROUPS:
         raise ValueError(f"unknown metric group {group!r}")
 
     def deco(factory: Callable[..., Any]) -> Callable[..., Any]:
-        METRICS.add(name, MetricSpec(name, group, kind, factory, tuple(produces), tuple(per_latent),
-                                     frozenset(requires), version))
+        METRICS.add(
+            name,
+            MetricSpec(name, group, kind, factory, tuple(produces), tuple(per_latent), frozenset(requires), version),
+        )
         return factory
 
     return deco
 
 
-def stream_metric(name: str, *, group: str, produces: Sequence[str] = (), per_latent: Sequence[str] = (),
-                  requires: Sequence[str] = (), version: int = 1) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def stream_metric(
+    name: str,
+    *,
+    group: str,
+    produces: Sequence[str] = (),
+    per_latent: Sequence[str] = (),
+    requires: Sequence[str] = (),
+    version: int = 1,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register an accumulator class `cls(sae, ctx)` with update/compute."""
     return _register("stream", name, group, produces, per_latent, requires, version)
 
 
 def weights_metric(
-    name: str, *, group: str, produces: Sequence[str] = (), per_latent: Sequence[str] = (),
-    requires: Sequence[str] = (), version: int = 1,
+    name: str,
+    *,
+    group: str,
+    produces: Sequence[str] = (),
+    per_latent: Sequence[str] = (),
+    requires: Sequence[str] = (),
+    version: int = 1,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a function `fn(sae, ctx) -> list[MetricValue]` of the weights alone."""
     return _register("weights", name, group, produces, per_latent, requires, version)
 
 
-def group_metric(name: str, *, group: str, produces: Sequence[str] = (), per_latent: Sequence[str] = (),
-                 requires: Sequence[str] = ("seed_group",), version: int = 1
-                 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def group_metric(
+    name: str,
+    *,
+    group: str,
+    produces: Sequence[str] = (),
+    per_latent: Sequence[str] = (),
+    requires: Sequence[str] = ("seed_group",),
+    version: int = 1,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a function `fn(saes: dict[str, SAE], ctx) -> dict[str, list[MetricValue]]` over a seed group."""
     return _register("group", name, group, produces, per_latent, requires, version)
 

@@ -23,7 +23,8 @@ def f1_matrix(tp_FL: torch.Tensor, fires_F: torch.Tensor, label_counts_L: torch.
 
 
 @stream_metric(
-    "concepts", group="concepts",
+    "concepts",
+    group="concepts",
     produces=("concept_aligned_frac", "concept_coverage"),
     per_latent=("concept_best_f1", "concept_best_index"),
     requires=("labels",),

@@ -64,8 +64,8 @@ def _candidates(A_hat: torch.Tensor, B_hat: torch.Tensor, k: int) -> Candidates:
     col_val = torch.full((k_col, n_B), -float("inf"))
     col_idx = torch.zeros(k_col, n_B, dtype=torch.int64)
     for start in range(0, n_A, ROW_BLOCK):
-        sim = A_hat[start:start + ROW_BLOCK] @ B_hat.T
-        row_val[start:start + sim.shape[0]], row_idx[start:start + sim.shape[0]] = sim.topk(k_row, dim=1)
+        sim = A_hat[start : start + ROW_BLOCK] @ B_hat.T
+        row_val[start : start + sim.shape[0]], row_idx[start : start + sim.shape[0]] = sim.topk(k_row, dim=1)
         blk_val, blk_idx = sim.topk(min(k_col, sim.shape[0]), dim=0)
         merged_val = torch.cat([col_val, blk_val])
         merged_idx = torch.cat([col_idx, blk_idx + start])
@@ -74,8 +74,9 @@ def _candidates(A_hat: torch.Tensor, B_hat: torch.Tensor, k: int) -> Candidates:
     return row_val, row_idx, col_val.T, col_idx.T, row_val[:, 0], col_val[0]
 
 
-def _greedy_full(A_hat: torch.Tensor, B_hat: torch.Tensor, edges_r: np.ndarray, edges_c: np.ndarray,
-                 edges_w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _greedy_full(
+    A_hat: torch.Tensor, B_hat: torch.Tensor, edges_r: np.ndarray, edges_c: np.ndarray, edges_w: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Best-edge-first greedy on the candidate edges, then Hungarian on the rows and columns left over."""
     n_A, n_B = A_hat.shape[0], B_hat.shape[0]
     taken_r, taken_c = np.zeros(n_A, bool), np.zeros(n_B, bool)
@@ -115,8 +116,7 @@ def match_approx(A_hat: torch.Tensor, B_hat: torch.Tensor, k: int = TOP_K) -> Ma
     return Matching(rows, cols, cos, best_A.double().numpy(), best_B.double().numpy())
 
 
-def match_dictionaries(W_dec_A: torch.Tensor, W_dec_B: torch.Tensor,
-                       exact_max: int = HUNGARIAN_MAX) -> Matching:
+def match_dictionaries(W_dec_A: torch.Tensor, W_dec_B: torch.Tensor, exact_max: int = HUNGARIAN_MAX) -> Matching:
     """Match rows of A to rows of B by decoder cosine: Hungarian up to `exact_max` latents, else approx."""
     A_hat, B_hat = unit(W_dec_A), unit(W_dec_B)
     if max(A_hat.shape[0], B_hat.shape[0]) <= exact_max:

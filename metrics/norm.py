@@ -51,7 +51,7 @@ def auroc_from_histograms(pos_FB: torch.Tensor, total_B: torch.Tensor) -> torch.
     out = []
     total_B = total_B.double()
     for start in range(0, pos_FB.shape[0], AUROC_LATENT_CHUNK):
-        pos = pos_FB[start:start + AUROC_LATENT_CHUNK].double()
+        pos = pos_FB[start : start + AUROC_LATENT_CHUNK].double()
         neg = total_B.unsqueeze(0) - pos
         neg_below = torch.cumsum(neg, dim=1) - neg
         wins = (pos * (neg_below + 0.5 * neg)).sum(dim=1)
@@ -62,8 +62,7 @@ def auroc_from_histograms(pos_FB: torch.Tensor, total_B: torch.Tensor) -> torch.
 
 def quartile_index(norms_T: torch.Tensor, ctx: EvalContext) -> torch.Tensor:
     """0..3 for Q1 (n < q25), Q2 (q25 ≤ n < median), Q3 (median ≤ n < q75), Q4 (n ≥ q75)."""
-    cuts = torch.tensor([ctx.norm_q25, ctx.median_norm, ctx.norm_q75], dtype=norms_T.dtype,
-                        device=norms_T.device)
+    cuts = torch.tensor([ctx.norm_q25, ctx.median_norm, ctx.norm_q75], dtype=norms_T.dtype, device=norms_T.device)
     return torch.bucketize(norms_T, cuts, right=True)
 
 
@@ -108,11 +107,25 @@ class _QuartileSums:
 
 
 @stream_metric(
-    "norm", group="norm",
-    produces=("norm_detectors", "norm_detectors_q4", "norm_detectors_auroc", "norm_detectors_renorm",
-              "sink_detectors", "fvu_norm_q1", "fvu_norm_q2", "fvu_norm_q3", "fvu_norm_q4", "rel_mse_norm_q1",
-              "rel_mse_norm_q2", "rel_mse_norm_q3", "rel_mse_norm_q4", "l2_ratio_norm_q4",
-              "norm_outlier_tokens"),
+    "norm",
+    group="norm",
+    produces=(
+        "norm_detectors",
+        "norm_detectors_q4",
+        "norm_detectors_auroc",
+        "norm_detectors_renorm",
+        "sink_detectors",
+        "fvu_norm_q1",
+        "fvu_norm_q2",
+        "fvu_norm_q3",
+        "fvu_norm_q4",
+        "rel_mse_norm_q1",
+        "rel_mse_norm_q2",
+        "rel_mse_norm_q3",
+        "rel_mse_norm_q4",
+        "l2_ratio_norm_q4",
+        "norm_outlier_tokens",
+    ),
     per_latent=("norm_q4_share", "norm_auroc", "norm_renorm_survival"),
     requires=("positions",),
 )
@@ -182,10 +195,15 @@ class NormDetectors:
             MetricValue("norm_outlier_tokens", float(self.outliers)),
             *self.quartiles.compute(),
         ]
-        for name, values_F in (("norm_q4_share", q4_share_F), ("norm_auroc", auroc_F),
-                               ("norm_renorm_survival", survival_F)):
-            out += [MetricValue(name, float(values_F[i]), latent=i)
-                    for i in torch.isfinite(values_F).nonzero().flatten().tolist()]
+        for name, values_F in (
+            ("norm_q4_share", q4_share_F),
+            ("norm_auroc", auroc_F),
+            ("norm_renorm_survival", survival_F),
+        ):
+            out += [
+                MetricValue(name, float(values_F[i]), latent=i)
+                for i in torch.isfinite(values_F).nonzero().flatten().tolist()
+            ]
         return out
 
 
@@ -205,10 +223,10 @@ def norm_exponents(sae: torch.nn.Module) -> torch.Tensor:
     return NORM_EXPONENT_RULES.get(architecture_of(sae), where="norm_dependence")(sae)
 
 
-@weights_metric("norm_dependence", group="norm", produces=("norm_dependence_a",),
-                per_latent=("norm_dependence_a_latent",))
+@weights_metric(
+    "norm_dependence", group="norm", produces=("norm_dependence_a",), per_latent=("norm_dependence_a_latent",)
+)
 def norm_dependence_metric(sae: torch.nn.Module, ctx: EvalContext) -> list[MetricValue]:
     a_F = norm_exponents(sae)
-    per_latent = [MetricValue("norm_dependence_a_latent", float(v), latent=i)
-                  for i, v in enumerate(a_F.tolist())]
+    per_latent = [MetricValue("norm_dependence_a_latent", float(v), latent=i) for i, v in enumerate(a_F.tolist())]
     return [MetricValue("norm_dependence_a", float(a_F.mean())), *per_latent]

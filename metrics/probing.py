@@ -136,8 +136,7 @@ def _standardise(X_train: np.ndarray, X_test: np.ndarray) -> tuple[np.ndarray, n
 _MEMO: OrderedDict[str, float] = OrderedDict()
 
 
-def _problem_key(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, y_test: np.ndarray,
-                 seed: int) -> str:
+def _problem_key(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, y_test: np.ndarray, seed: int) -> str:
     digest = hashlib.blake2b(digest_size=16)
     for part in (X_train, y_train, X_test, y_test):
         arr = np.ascontiguousarray(part)
@@ -147,8 +146,9 @@ def _problem_key(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, y
     return digest.hexdigest()
 
 
-def probe_accuracy(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, y_test: np.ndarray,
-                   seed: int) -> float:
+def probe_accuracy(
+    X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, y_test: np.ndarray, seed: int
+) -> float:
     """Test accuracy of a standardised logistic-regression probe (lbfgs, L2, C=1: scikit-learn's defaults).
 
     Identical problems (same bytes) are answered from a memo: the fit is deterministic given its inputs.
@@ -168,7 +168,8 @@ def probe_accuracy(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray,
 
 
 @stream_metric(
-    "probing", group="probing",
+    "probing",
+    group="probing",
     produces=("probe_accuracy_k1", "probe_accuracy_k5", "probe_accuracy_dense", "probe_labels_probed"),
     requires=("labels",),
 )
@@ -207,11 +208,9 @@ class SparseProbing:
         if n < MIN_PER_CLASS:
             return None
         rng = np.random.default_rng(self.seed)
-        keys = np.concatenate([rng.choice(neg_keys, n, replace=False),
-                               rng.choice(pos_keys, n, replace=False)])
+        keys = np.concatenate([rng.choice(neg_keys, n, replace=False), rng.choice(pos_keys, n, replace=False)])
         y = np.concatenate([np.zeros(n, np.int64), np.ones(n, np.int64)])
-        train, test = train_test_split(np.arange(2 * n), test_size=TEST_SHARE, stratify=y,
-                                       random_state=self.seed)
+        train, test = train_test_split(np.arange(2 * n), test_size=TEST_SHARE, stratify=y, random_state=self.seed)
         codes = self.store.code_matrix(keys)
         codes_train = codes[train]
         result = {}

@@ -39,7 +39,5 @@ class FeatureDensity:
             MetricValue("frac_alive", 1.0 - dead / d_sae),
             MetricValue("dense_features", float((density_F > DENSE_THRESHOLD).sum())),
         ]
-        values += [
-            MetricValue("feature_density", float(d), latent=i) for i, d in enumerate(density_F.tolist())
-        ]
+        values += [MetricValue("feature_density", float(d), latent=i) for i, d in enumerate(density_F.tolist())]
         return values

@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 SHARED_COS = 0.7
 
 
-def matched_encoder_cos(sae_A: torch.nn.Module, sae_B: torch.nn.Module, rows: np.ndarray,
-                        cols: np.ndarray) -> np.ndarray:
+def matched_encoder_cos(
+    sae_A: torch.nn.Module, sae_B: torch.nn.Module, rows: np.ndarray, cols: np.ndarray
+) -> np.ndarray:
     """cos(W_enc^A[:, r], W_enc^B[:, c]) for each matched pair."""
     enc_A = sae_A.W_enc.detach().double().cpu()[:, torch.as_tensor(rows)]
     enc_B = sae_B.W_enc.detach().double().cpu()[:, torch.as_tensor(cols)]
@@ -33,12 +34,13 @@ def matched_encoder_cos(sae_A: torch.nn.Module, sae_B: torch.nn.Module, rows: np
     return ((enc_A * enc_B).sum(dim=0) / norms).numpy()
 
 
-def pair_stats(sae_A: torch.nn.Module, sae_B: torch.nn.Module
-               ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+def pair_stats(sae_A: torch.nn.Module, sae_B: torch.nn.Module) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """SAE-level values of one pair and each side's matched cosine per latent (NaN where unmatched)."""
     if sae_A.W_dec.shape[1] != sae_B.W_dec.shape[1]:
-        raise EvalkitInputError("--seed-group", f"SAEs of one seed group have different d_in "
-                                f"({sae_A.W_dec.shape[1]} vs {sae_B.W_dec.shape[1]})")
+        raise EvalkitInputError(
+            "--seed-group",
+            f"SAEs of one seed group have different d_in ({sae_A.W_dec.shape[1]} vs {sae_B.W_dec.shape[1]})",
+        )
     m = match_dictionaries(sae_A.W_dec, sae_B.W_dec)
     enc_cos = matched_encoder_cos(sae_A, sae_B, m.rows, m.cols)
     values = {
@@ -53,7 +55,8 @@ def pair_stats(sae_A: torch.nn.Module, sae_B: torch.nn.Module
 
 
 @group_metric(
-    "stability", group="stability",
+    "stability",
+    group="stability",
     produces=("seed_stability_matched_cos", "seed_stability_shared_frac", "seed_stability_mmcs"),
     per_latent=("seed_match_cos",),
 )
@@ -76,7 +79,10 @@ def seed_stability(saes: dict[str, torch.nn.Module], ctx: EvalContext) -> dict[s
             out[sae_id] = []  # a group of one has no partner to compare with
             continue
         rows = [MetricValue(name, total / n_pairs[sae_id]) for name, total in sums[sae_id].items()]
-        rows += [MetricValue("seed_match_cos", float(v), latent=i)
-                 for i, v in enumerate(best[sae_id].tolist()) if np.isfinite(v)]
+        rows += [
+            MetricValue("seed_match_cos", float(v), latent=i)
+            for i, v in enumerate(best[sae_id].tolist())
+            if np.isfinite(v)
+        ]
         out[sae_id] = rows
     return out

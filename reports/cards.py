@@ -31,23 +31,17 @@ def _facts(features: pd.DataFrame | None, sae_id: str, latent: int) -> list[tupl
     if row.empty:
         return []
     first = row.iloc[0]
-    return [
-        (label, fmt(first[col])) for label, col in CARD_FACTS if col in row.columns and pd.notna(first[col])
-    ]
+    return [(label, fmt(first[col])) for label, col in CARD_FACTS if col in row.columns and pd.notna(first[col])]
 
 
 def _explanations(autointerp: pd.DataFrame | None, sae_id: str, latent: int) -> list[tuple[str, str]]:
     if autointerp is None or "explanation" not in autointerp.columns:
         return []
     rows = autointerp[(autointerp["sae_id"] == sae_id) & (autointerp["latent"] == latent)]
-    model = (
-        rows["model"].fillna("").astype(str) if "model" in rows.columns else pd.Series("", index=rows.index)
-    )
+    model = rows["model"].fillna("").astype(str) if "model" in rows.columns else pd.Series("", index=rows.index)
     out = []
     for (m, explanation), g in rows.assign(model=model).groupby(["model", "explanation"], sort=True):
-        scores = ", ".join(
-            f"{s}={fmt(float(v)) or 'n/a'}" for s, v in zip(g["scorer"], g["score"], strict=True)
-        )
+        scores = ", ".join(f"{s}={fmt(float(v)) or 'n/a'}" for s, v in zip(g["scorer"], g["score"], strict=True))
         out.append((str(m) or "explainer", f"{explanation} — {scores}"))
     return out
 
@@ -57,17 +51,12 @@ def _windows(examples: pd.DataFrame, latent: int) -> list[list[TokenView]]:
     peak = max((max(a, default=0.0) for a in top["activations"]), default=0.0)
     scale = peak if peak > 0 and math.isfinite(peak) else 1.0
     return [
-        [
-            TokenView(t, float(min(max(a / scale, 0.0), 1.0)), float(a))
-            for t, a in zip(toks, acts, strict=False)
-        ]
+        [TokenView(t, float(min(max(a / scale, 0.0), 1.0)), float(a)) for t, a in zip(toks, acts, strict=False)]
         for toks, acts in zip(top["tokens"], top["activations"], strict=True)
     ]
 
 
-def _sample_latents(
-    examples: pd.DataFrame, autointerp: pd.DataFrame | None, sae_id: str, seed: int
-) -> list[int]:
+def _sample_latents(examples: pd.DataFrame, autointerp: pd.DataFrame | None, sae_id: str, seed: int) -> list[int]:
     """Latents with top windows, explained ones first, a seeded sample of CARDS_PER_SAE."""
     with_windows = sorted(set(examples.loc[examples["kind"] == "top", "latent"].astype(int)))
     explained: set[int] = set()
@@ -97,9 +86,7 @@ def cards_section(tables: RunTables, seed: int = 0) -> Section:
         if examples is None or examples.empty:
             missing.append(sae_id)
             continue
-        for latent in _sample_latents(examples, tables.autointerp, sae_id, seed)[
-            : MAX_CARDS - len(section.cards)
-        ]:
+        for latent in _sample_latents(examples, tables.autointerp, sae_id, seed)[: MAX_CARDS - len(section.cards)]:
             section.cards.append(
                 CardView(
                     sae_id=sae_id,

@@ -17,9 +17,7 @@ log = logging.getLogger(__name__)
 
 def _add_matching_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--by", default="fvu", help=f"matching metric: {', '.join(MATCH_AXES)} (default fvu)")
-    parser.add_argument(
-        "--at", default=None, help="comma-separated target levels (default: 5 over the shared range)"
-    )
+    parser.add_argument("--at", default=None, help="comma-separated target levels (default: 5 over the shared range)")
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -47,9 +45,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "compare",
         help="matched-reconstruction comparison across run folders: writes matched.csv and report.html",
     )
-    compare.add_argument(
-        "dirs", nargs="+", type=Path, metavar="DIR", help="output folders whose results are merged"
-    )
+    compare.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="output folders whose results are merged")
     _add_matching_options(compare)
     compare.add_argument("--out", type=Path, default=None, help="where to write (default: the first DIR)")
     compare.set_defaults(func=run_compare)

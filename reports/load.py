@@ -159,11 +159,7 @@ def family_labels(saes: pd.DataFrame) -> pd.Series:
     which is already one family — or the architecture when empty. `@hook` is added only when one such name
     spans several hooks, and `/d_sae` when it spans several widths (families from other tools' names).
     """
-    base = (
-        saes["family"]
-        .where(saes["family"].notna() & (saes["family"] != ""), saes["architecture"])
-        .fillna("?")
-    )
+    base = saes["family"].where(saes["family"].notna() & (saes["family"] != ""), saes["architecture"]).fillna("?")
     label = base.astype(str)
     hooks = saes.groupby(label)["hook"].transform(lambda s: s.nunique(dropna=True))
     label = label.where(hooks <= 1, label + "@" + saes["hook"].fillna("?").astype(str))

@@ -97,10 +97,7 @@ def build_families(tables: RunTables) -> list[Family]:
     saes, metrics = tables.saes, tables.sae_metrics
     families = []
     for label, fam_saes in saes.groupby("family_label", sort=True):
-        points = [
-            _group_point(metrics.reindex(group.index))
-            for _, group in fam_saes.groupby("seed_group", sort=True)
-        ]
+        points = [_group_point(metrics.reindex(group.index)) for _, group in fam_saes.groupby("seed_group", sort=True)]
         arch = fam_saes["architecture"].dropna().astype(str)
         families.append(Family(str(label), arch.iloc[0] if len(arch) else "", tuple(points)))
     return families
@@ -115,9 +112,7 @@ def _usable_points(family: Family, axis: MatchAxis) -> list[tuple[float, FamilyP
         if np.isfinite(c):
             pairs.append((c, point))
         else:
-            log.warning(
-                "matched: %s of %s is unusable for matching by %s", point.name, family.label, axis.metric
-            )
+            log.warning("matched: %s of %s is unusable for matching by %s", point.name, family.label, axis.metric)
     return sorted(pairs, key=lambda cp: cp[0])
 
 
@@ -236,9 +231,7 @@ def parse_targets(text: str | None) -> list[float] | None:
         raise EvalkitInputError("--at", f"expected comma-separated numbers, got {text!r}") from exc
 
 
-def compute_matched(
-    tables: RunTables, by: str = "fvu", targets: Sequence[float] | None = None
-) -> pd.DataFrame:
+def compute_matched(tables: RunTables, by: str = "fvu", targets: Sequence[float] | None = None) -> pd.DataFrame:
     axis = MATCH_AXES.get(by, where="--by")
     families = build_families(tables)
     chosen = list(targets) if targets is not None else default_targets(families, axis)

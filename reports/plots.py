@@ -29,9 +29,7 @@ def esc(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _layout(
-    title: str, x_title: str, y_title: str, log_x: bool = False, log_y: bool = False
-) -> dict[str, object]:
+def _layout(title: str, x_title: str, y_title: str, log_x: bool = False, log_y: bool = False) -> dict[str, object]:
     return _BASE_LAYOUT | {
         "title": {"text": esc(title)},
         # "-" lets plotly infer the axis type; SAE-id axes are set to "category" by their builders.
@@ -65,11 +63,7 @@ def pareto_figure(families: Sequence[Family], x_metric: str, y_metric: str, log_
                 "x": _floats([p[0] for p in pts]),
                 "y": _floats([p[1] for p in pts]),
                 "text": [esc(p[2]) for p in pts],
-                "hovertemplate": "%{text}<br>"
-                + x_metric
-                + "=%{x:.4g}<br>"
-                + y_metric
-                + "=%{y:.4g}<extra></extra>",
+                "hovertemplate": "%{text}<br>" + x_metric + "=%{x:.4g}<br>" + y_metric + "=%{y:.4g}<extra></extra>",
             }
         )
     if not traces:

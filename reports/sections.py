@@ -95,9 +95,7 @@ def summary_section(data: ReportData) -> Section:
 
 
 def pareto_section(data: ReportData) -> Section:
-    section = Section(
-        "pareto", "Pareto fronts", "One line per family; seed groups are averaged into one point."
-    )
+    section = Section("pareto", "Pareto fronts", "One line per family; seed groups are averaged into one point.")
     for fig_id, y, log_x in (("pareto-fvu", "fvu", True), ("pareto-ce", "ce_loss_score", False)):
         fig = plots.pareto_figure(data.families, "l0", y, log_x=log_x)
         if fig is None:
@@ -149,26 +147,20 @@ def density_section(data: ReportData) -> Section:
         d = g["feature_density"].to_numpy(dtype=float)
         alive = d[d > 0]
         edges = plots.shared_edges([np.log10(alive)])
-        per_sae[str(sae_id)] = [
-            plots.binned_bar(np.log10(alive), edges, f"alive ({int((d == 0).sum())} dead)")
-        ]
+        per_sae[str(sae_id)] = [plots.binned_bar(np.log10(alive), edges, f"alive ({int((d == 0).sum())} dead)")]
     _add(section, "density-hist", plots.selector_figure(per_sae, "log10 density", "log10 density", "latents"))
     return section
 
 
 def alignment_section(data: ReportData) -> Section:
-    section = Section(
-        "alignment", "Encoder–decoder alignment α", "α_i histogram, alive and dead latents apart."
-    )
+    section = Section("alignment", "Encoder–decoder alignment α", "α_i histogram, alive and dead latents apart.")
     alpha = _feature_column(data, "alignment_score")
     if alpha is None:
         section.notes.append("No alignment_score in features.csv.")
         return section
     dens = _feature_column(data, "feature_density")
     if dens is None:
-        section.notes.append(
-            "No feature_density in features.csv: alive and dead latents cannot be told apart."
-        )
+        section.notes.append("No feature_density in features.csv: alive and dead latents cannot be told apart.")
         alpha = alpha.assign(feature_density=1.0)
     else:
         alpha = alpha.merge(dens, on=["sae_id", "latent"], how="left")
@@ -209,9 +201,7 @@ def _latent_histograms(
 
 
 def norm_section(data: ReportData) -> Section:
-    section = Section(
-        "norm", "Norm dependence", "FVU per token-norm quartile and norm-detector counts (METRICS.md)."
-    )
+    section = Section("norm", "Norm dependence", "FVU per token-norm quartile and norm-detector counts (METRICS.md).")
     quartiles = ("fvu_norm_q1", "fvu_norm_q2", "fvu_norm_q3", "fvu_norm_q4")
     counts = (
         "norm_detectors",
@@ -244,8 +234,7 @@ def afa_section(data: ReportData) -> Section:
     section = Section(
         "afa",
         "AFA expected-activation error",
-        "ε_LBO per SAE, and ‖z‖ vs ‖f̃‖ per token with AFA's bounds ‖z‖/√(1 ± ε(h−1)) drawn at the SAE's "
-        "p90 ε_LBO.",
+        "ε_LBO per SAE, and ‖z‖ vs ‖f̃‖ per token with AFA's bounds ‖z‖/√(1 ± ε(h−1)) drawn at the SAE's p90 ε_LBO.",
     )
     fig = _bars(data, ("afa_eps_lbo_median", "afa_eps_lbo_mean", "afa_eps_lbo_p90"), "ε_LBO", "ε_LBO")
     if fig is None:
@@ -259,11 +248,7 @@ def afa_section(data: ReportData) -> Section:
         if sample is None:
             continue
         z, ft = sample["z_norm"].to_numpy(dtype=float), sample["ftilde_norm"].to_numpy(dtype=float)
-        h = (
-            int(data.tables.saes.loc[sae_id, "d_sae"])
-            if pd.notna(data.tables.saes.loc[sae_id, "d_sae"])
-            else 0
-        )
+        h = int(data.tables.saes.loc[sae_id, "d_sae"]) if pd.notna(data.tables.saes.loc[sae_id, "d_sae"]) else 0
         scatter[sae_id] = plots.afa_scatter_traces(z, ft, _metric(data, sae_id, "afa_eps_lbo_p90"), h)
         if "eps_lbo" in sample.columns:
             eps = sample["eps_lbo"].to_numpy(dtype=float)
@@ -273,8 +258,7 @@ def afa_section(data: ReportData) -> Section:
         _add(section, "afa-scatter", plots.selector_figure(scatter, "‖f̃‖ vs ‖z‖", "‖z‖", "‖f̃‖"))
     else:
         section.notes.append(
-            "No per-token samples (DIR/afa/<sae_id>.csv with z_norm, ftilde_norm): "
-            "the ‖z‖ vs ‖f̃‖ scatter is not drawn."
+            "No per-token samples (DIR/afa/<sae_id>.csv with z_norm, ftilde_norm): the ‖z‖ vs ‖f̃‖ scatter is not drawn."
         )
     if hist:
         _add(section, "afa-eps-hist", plots.selector_figure(hist, "log10 ε_LBO", "log10 ε_LBO", "tokens"))
@@ -282,14 +266,10 @@ def afa_section(data: ReportData) -> Section:
 
 
 def stability_section(data: ReportData) -> Section:
-    section = Section(
-        "stability", "Seed stability", "SAEs that differ only in training seed, per seed group."
-    )
+    section = Section("stability", "Seed stability", "SAEs that differ only in training seed, per seed group.")
     saes = data.tables.saes
     groups = [(g, sorted(m.index)) for g, m in saes.groupby("seed_group", sort=True) if len(m) > 1]
-    metrics = _present(
-        data, ("seed_stability_matched_cos", "seed_stability_shared_frac", "seed_stability_mmcs")
-    )
+    metrics = _present(data, ("seed_stability_matched_cos", "seed_stability_shared_frac", "seed_stability_mmcs"))
     if not groups:
         section.notes.append("No seed group with two or more SAEs.")
         return section
@@ -302,9 +282,7 @@ def stability_section(data: ReportData) -> Section:
         ]
         for g, members in groups
     ]
-    section.tables.append(
-        table_view(["seed group", "members", "n", *metrics], rows, "Means over each group's SAEs")
-    )
+    section.tables.append(table_view(["seed group", "members", "n", *metrics], rows, "Means over each group's SAEs"))
     if not metrics:
         section.notes.append("No seed_stability_* metrics in results.csv.")
     fig = _bars(
@@ -325,9 +303,7 @@ def _autointerp_table(ai: pd.DataFrame) -> tuple[pd.DataFrame, TableView]:
     ai = ai.assign(score=pd.to_numeric(ai["score"], errors="coerce"))
     if "model" not in ai.columns:
         ai = ai.assign(model="")
-    failures = pd.to_numeric(ai.get("parse_failures", pd.Series(0, index=ai.index)), errors="coerce").fillna(
-        0
-    )
+    failures = pd.to_numeric(ai.get("parse_failures", pd.Series(0, index=ai.index)), errors="coerce").fillna(0)
     ai = ai.assign(parse_failures=failures, model=ai["model"].fillna("").astype(str))
     agg = ai.groupby(["sae_id", "scorer", "model"], sort=True).agg(
         mean=("score", "mean"),
@@ -336,14 +312,9 @@ def _autointerp_table(ai: pd.DataFrame) -> tuple[pd.DataFrame, TableView]:
         latents=("latent", "nunique"),
         parse_failures=("parse_failures", "sum"),
     )
-    rows = [
-        [*key, r["mean"], r["std"], r["scored"], r["latents"], r["parse_failures"]]
-        for key, r in agg.iterrows()
-    ]
+    rows = [[*key, r["mean"], r["std"], r["scored"], r["latents"], r["parse_failures"]] for key, r in agg.iterrows()]
     headers = ["sae_id", "scorer", "model", "mean", "std", "scored", "latents", "parse failures"]
-    return agg, table_view(
-        headers, rows, "Per SAE, scorer and model (baseline rows are the reference to beat)"
-    )
+    return agg, table_view(headers, rows, "Per SAE, scorer and model (baseline rows are the reference to beat)")
 
 
 def autointerp_section(data: ReportData) -> Section:

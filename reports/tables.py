@@ -128,9 +128,7 @@ def results_rows(outputs: Sequence[SaeOutput]) -> list[list[float | int | str | 
         cells = _sae_cells(o)
         for shard in o.shards:
             for v in shard.values:
-                rows.append(
-                    [*cells, v.metric, float(v.value), v.latent, shard.n_tokens, shard.key.config_hash, ver]
-                )
+                rows.append([*cells, v.metric, float(v.value), v.latent, shard.n_tokens, shard.key.config_hash, ver])
     return rows
 
 
@@ -171,9 +169,7 @@ def features_frame(outputs: Sequence[SaeOutput]) -> pd.DataFrame | None:
     if not records:
         return None
     keys = sorted(records)
-    frame = pd.DataFrame(
-        {"sae_id": [outputs[i].handle.sae_id for i, _ in keys], "latent": [lat for _, lat in keys]}
-    )
+    frame = pd.DataFrame({"sae_id": [outputs[i].handle.sae_id for i, _ in keys], "latent": [lat for _, lat in keys]})
     for col in columns:
         missing = None if col in LABEL_INDEX_COLUMNS.values() else float("nan")
         frame[col] = [records[k].get(col, missing) for k in keys]
@@ -230,9 +226,7 @@ def saebench_core_json(o: SaeOutput, eval_config: dict[str, JsonValue]) -> dict[
     return {
         "eval_type_id": "core",
         "eval_config": eval_config,
-        "eval_id": stable_hash(
-            {"sae": h.content_hash, "configs": [sh.key.config_hash for sh in o.shards]}, 32
-        ),
+        "eval_id": stable_hash({"sae": h.content_hash, "configs": [sh.key.config_hash for sh in o.shards]}, 32),
         "datetime_epoch_millis": when,
         "eval_result_metrics": metrics,
         "eval_result_details": [{"index": lat, "feature_density": d} for lat, d in density],

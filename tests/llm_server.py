@@ -56,9 +56,7 @@ def count_tokens(text: str) -> int:
 class LLMServer:
     """Start with `with LLMServer(responder) as srv:`; `srv.base_url` ends with /v1."""
 
-    def __init__(
-        self, responder: Responder, faults: list[Fault] | None = None, reply_delay_s: float = 0.0
-    ) -> None:
+    def __init__(self, responder: Responder, faults: list[Fault] | None = None, reply_delay_s: float = 0.0) -> None:
         self.responder = responder
         self.reply_delay_s = reply_delay_s
         self.faults = list(faults or [])
@@ -112,9 +110,7 @@ class LLMServer:
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": body.get("model", "test"),
-                "choices": [
-                    {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
-                ],
+                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
                 "usage": {"prompt_tokens": p_tok, "completion_tokens": c_tok, "total_tokens": p_tok + c_tok},
             }
         ).encode()

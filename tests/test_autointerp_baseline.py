@@ -31,9 +31,7 @@ def decode(ids: list[int]) -> list[str]:
     return [VOCAB[i] for i in ids]
 
 
-def planted_examples(
-    config: AutointerpConfig, n_seq: int = 120, seq_len: int = 48
-) -> dict[int, LatentExamples]:
+def planted_examples(config: AutointerpConfig, n_seq: int = 120, seq_len: int = 48) -> dict[int, LatentExamples]:
     gen = torch.Generator().manual_seed(3)
     collector = ExampleCollector(D_SAE, config=config)
     for start in range(0, n_seq, 40):
@@ -116,9 +114,9 @@ def test_unknown_mode_and_scorer_are_input_errors() -> None:
 
 
 def test_balanced_accuracy_by_hand() -> None:
-    assert balanced_accuracy(
-        [True, True, False, False, False, False], [True, False, False, False, False, True]
-    ) == (pytest.approx((1 / 2 + 3 / 4) / 2))
+    assert balanced_accuracy([True, True, False, False, False, False], [True, False, False, False, False, True]) == (
+        pytest.approx((1 / 2 + 3 / 4) / 2)
+    )
     # answering "none" on 4 positives + 10 negatives: accuracy 10/14, balanced accuracy 0.5
     assert balanced_accuracy([True] * 4 + [False] * 10, [False] * 14) == 0.5
 

@@ -40,9 +40,7 @@ def scripted_llm(body: dict[str, Any]) -> str:
     word = re.search(r"Description: the word (\S+)", user).group(1)  # type: ignore[union-attr]
     if system == SIMULATION_SYSTEM:
         lists = [ast.literal_eval(m) for m in re.findall(r"Snippet \d+: (\[.*\])", user)]
-        return "\n".join(
-            f"Snippet {k + 1}: {[10 if t == word else 0 for t in toks]}" for k, toks in enumerate(lists)
-        )
+        return "\n".join(f"Snippet {k + 1}: {[10 if t == word else 0 for t in toks]}" for k, toks in enumerate(lists))
     chosen = []
     for k, text in re.findall(r"Snippet (\d+): (.*)", user):
         runs = re.findall(r"<<(.+?)>>", text) if system == FUZZING_SYSTEM else [text]
@@ -143,9 +141,7 @@ def test_faults_are_retried_or_marked_and_the_run_finishes(examples, tmp_path) -
     n_control = N_PLANTED - 1
     assert len(bodies) == (N_PLANTED - 1) * 3 + 1 + n_control + 4 + 2
     explain = [
-        (t, b)
-        for t, b in zip(srv.log.times, bodies, strict=True)
-        if b["messages"][0]["content"] == EXPLAIN_SYSTEM
+        (t, b) for t, b in zip(srv.log.times, bodies, strict=True) if b["messages"][0]["content"] == EXPLAIN_SYSTEM
     ]
     cat = [t for t, b in explain if "<<cat>>" in b["messages"][-1]["content"]]
     assert len(cat) == 2 and cat[1] - cat[0] >= 0.95  # Retry-After: 1 honoured
@@ -173,9 +169,7 @@ def test_cost_cap_stops_cleanly_and_a_rerun_finishes_the_rest(examples, tmp_path
 
 def test_request_cap_and_bounded_concurrency(examples, tmp_path) -> None:
     with LLMServer(scripted_llm, reply_delay_s=0.15) as srv:
-        result = run_autointerp(
-            examples, decode, llm_config(srv.base_url, concurrency=3, max_requests=7), None
-        )
+        result = run_autointerp(examples, decode, llm_config(srv.base_url, concurrency=3, max_requests=7), None)
         assert srv.n_requests == 7 and result.stop_reason == "request cap reached (7 requests)"
         assert srv.log.max_in_flight == 3
 

@@ -74,9 +74,7 @@ def test_windows_stay_inside_their_sequence_and_skip_special_tokens() -> None:
 
 
 def test_special_tokens_never_count_as_activations() -> None:
-    collector = ExampleCollector(
-        d_sae=1, config=AutointerpConfig(min_firings=1, n_top_explain=1, n_top_score=1)
-    )
+    collector = ExampleCollector(d_sae=1, config=AutointerpConfig(min_firings=1, n_top_explain=1, n_top_score=1))
     codes_BSF = torch.zeros(2, S, 1)
     codes_BSF[:, 0, 0] = 100.0  # huge on BOS: must be ignored
     codes_BSF[0, 40, 0] = 2.0
@@ -91,9 +89,7 @@ def test_special_tokens_never_count_as_activations() -> None:
 
 def test_held_out_and_random_windows_never_overlap_explainer_windows() -> None:
     for sampler in ("top_iw", "quantile"):
-        collector, _ = _planted_collector(
-            AutointerpConfig(explain_sampler=sampler, n_iw_explain=2, n_iw_score=1)
-        )
+        collector, _ = _planted_collector(AutointerpConfig(explain_sampler=sampler, n_iw_explain=2, n_iw_score=1))
         ex = collector.finish()[0]
         assert ex.status == "ok" and ex.held_out and ex.random
         for shown in ex.explain:

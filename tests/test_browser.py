@@ -101,9 +101,7 @@ class PipeCDP:
         raw, self._buf = self._buf.split(b"\0", 1)
         return json.loads(raw)
 
-    def call(
-        self, method: str, params: dict | None = None, session: str | None = None, timeout: float = 30
-    ) -> dict:
+    def call(self, method: str, params: dict | None = None, session: str | None = None, timeout: float = 30) -> dict:
         want = self.send(method, params, session)
         deadline = time.monotonic() + timeout
         while (msg := self._read_message(deadline)) is not None:
@@ -186,9 +184,7 @@ def test_png_decoder_on_a_known_image() -> None:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    png = (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
-    )
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
     assert png_pixels(png) == (2, 1, 3, bytes([10, 20, 30, 15, 25, 35]))
 
 
@@ -241,17 +237,11 @@ def test_report_renders_offline_without_errors(tmp_path: Path) -> None:
     dom, png, events = _load_report(report, tmp_path / "profile")
     shutil.rmtree(tmp_path / "profile", ignore_errors=True)
 
-    requests = [
-        e["params"]["request"]["url"] for e in events if e.get("method") == "Network.requestWillBeSent"
-    ]
+    requests = [e["params"]["request"]["url"] for e in events if e.get("method") == "Network.requestWillBeSent"]
     assert [u for u in requests if not u.startswith(("file:", "data:", "blob:", "about:"))] == []
     errors = [e for e in events if e.get("method") == "Runtime.exceptionThrown"]
-    errors += [
-        e for e in events if e.get("method") == "Runtime.consoleAPICalled" and e["params"]["type"] == "error"
-    ]
-    errors += [
-        e for e in events if e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] == "error"
-    ]
+    errors += [e for e in events if e.get("method") == "Runtime.consoleAPICalled" and e["params"]["type"] == "error"]
+    errors += [e for e in events if e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] == "error"]
     assert errors == []
     assert not any(e.get("method") == "Page.javascriptDialogOpening" for e in events)  # alert(1) never ran
 

@@ -137,9 +137,7 @@ def test_demo_numbers_agree_with_sae_lens_forward(small_demo: DemoRuns) -> None:
             x_hat_TD = sae.decode(f_TF)
         err_T = (x_TD - x_hat_TD).double().pow(2).sum(-1)
         l0 = float((f_TF > 0).sum(-1).double().mean())
-        np.testing.assert_allclose(
-            _sae_value(rows, sae_id, "mse"), float(err_T.mean()), rtol=1e-4, err_msg=sae_id
-        )
+        np.testing.assert_allclose(_sae_value(rows, sae_id, "mse"), float(err_T.mean()), rtol=1e-4, err_msg=sae_id)
         np.testing.assert_allclose(_sae_value(rows, sae_id, "fvu"), float(err_T.mean() / var), rtol=1e-4)
         np.testing.assert_allclose(_sae_value(rows, sae_id, "l0"), l0, rtol=1e-6, err_msg=sae_id)
 
@@ -166,9 +164,7 @@ def test_demo_evaluates_a_given_zoo_folder(small_demo: DemoRuns, tmp_path: Path)
     sae = make_sae("topk", d_in=world.d_model, d_sae=64, seed=3)
     sae.cfg.metadata.hook_name = world.hook_name
     sae.save_model(tmp_path / "zoo" / "mine")
-    result = run_demo(
-        tmp_path / "out", size="small", cache_dir=world.root.parent.parent, zoo_dir=tmp_path / "zoo"
-    )
+    result = run_demo(tmp_path / "out", size="small", cache_dir=world.root.parent.parent, zoo_dir=tmp_path / "zoo")
     assert {r["sae_id"] for r in _read_csv(result.out_dir / "results.csv")} == {"mine"}
 
 

@@ -44,8 +44,13 @@ def two_mode_alpha(n_per_mode: int = 100) -> torch.Tensor:
 
 def test_registered_names_match_contract() -> None:
     spec = METRICS.get("alignment")
-    assert set(spec.produces) == {"alignment_mean", "alignment_median", "alignment_frac_unit",
-                                  "alignment_bimodality_coefficient", "alignment_gmm_separation"}
+    assert set(spec.produces) == {
+        "alignment_mean",
+        "alignment_median",
+        "alignment_frac_unit",
+        "alignment_bimodality_coefficient",
+        "alignment_gmm_separation",
+    }
     assert set(spec.per_latent) == {"alignment_score", "alignment_cosine"}
 
 

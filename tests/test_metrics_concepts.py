@@ -31,8 +31,16 @@ def run(f_TF: torch.Tensor, labels_TL: torch.Tensor) -> list[MetricValue]:
     sae = StandardSAE(StandardSAEConfig(d_in=4, d_sae=4))
     acc = ConceptAlignment(sae, CTX)
     for f, lab in zip(f_TF.chunk(3), labels_TL.chunk(3), strict=True):
-        acc.update(SaeBatch(sae=sae, x_TD=torch.zeros(len(f), 4), x_hat_TD=torch.zeros(len(f), 4), f_TF=f,
-                            positions_T=torch.zeros(len(f)), labels_TL=lab))
+        acc.update(
+            SaeBatch(
+                sae=sae,
+                x_TD=torch.zeros(len(f), 4),
+                x_hat_TD=torch.zeros(len(f), 4),
+                f_TF=f,
+                positions_T=torch.zeros(len(f)),
+                labels_TL=lab,
+            )
+        )
     return acc.compute()
 
 

@@ -175,12 +175,8 @@ def test_token_budget_and_max_norm_multiple(tmp_path) -> None:
     got = run_planted(tmp_path, EvalSettings(batch_size=2, n_tokens=10))
     assert sum(1 for _ in got["density"]) == 6
     assert got["density"][5] == pytest.approx(1 / 10)  # only token 2 of the first 10 has x1 = 1
-    got = run_planted(
-        tmp_path / "b", EvalSettings(batch_size=2, exclude_special=False, max_norm_multiple=10.0)
-    )
-    assert got["density"][4] == pytest.approx(
-        0.0
-    )  # x0 = 1 is above 10 × median (0) too: dropped with the BOS
+    got = run_planted(tmp_path / "b", EvalSettings(batch_size=2, exclude_special=False, max_norm_multiple=10.0))
+    assert got["density"][4] == pytest.approx(0.0)  # x0 = 1 is above 10 × median (0) too: dropped with the BOS
     assert got["density"][2] == 1.0
 
 

@@ -22,12 +22,12 @@ N_TOKENS, SEQ_LEN, D_IN = 400, 16, 8
 
 def context_for(norms_T: torch.Tensor) -> EvalContext:
     q = torch.quantile(norms_T.double(), torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
-    return EvalContext(median_norm=float(q[1]), norm_q25=float(q[0]), norm_q75=float(q[2]),
-                       n_tokens=norms_T.numel())
+    return EvalContext(median_norm=float(q[1]), norm_q25=float(q[0]), norm_q75=float(q[2]), n_tokens=norms_T.numel())
 
 
-def run_stream(sae: torch.nn.Module, x_TD: torch.Tensor, positions_T: torch.Tensor, ctx: EvalContext,
-               n_batches: int = 3) -> list[MetricValue]:
+def run_stream(
+    sae: torch.nn.Module, x_TD: torch.Tensor, positions_T: torch.Tensor, ctx: EvalContext, n_batches: int = 3
+) -> list[MetricValue]:
     acc = NormDetectors(sae, ctx)
     with torch.no_grad():
         for x, pos in zip(x_TD.chunk(n_batches), positions_T.chunk(n_batches), strict=True):
@@ -68,8 +68,9 @@ def planted() -> tuple[StandardSAE, torch.Tensor, torch.Tensor, torch.Tensor, Ev
         sae.b_dec.zero_()
         sae.W_enc.copy_(torch.eye(D_IN)[:, [0, 1, 2, 3, 0]])
         sae.W_dec.copy_(torch.eye(D_IN)[[0, 1, 2, 3, 0]])
-        sae.b_enc.copy_(torch.tensor([-0.6 * ctx.norm_q75 * (1 - 1e-6), 0.0, 0.0, 0.0,
-                                      -0.6 * tenth_largest * (1 - 1e-6)]))
+        sae.b_enc.copy_(
+            torch.tensor([-0.6 * ctx.norm_q75 * (1 - 1e-6), 0.0, 0.0, 0.0, -0.6 * tenth_largest * (1 - 1e-6)])
+        )
     return sae, x_TD, norms_T, positions_T, ctx
 
 
@@ -145,7 +146,8 @@ def test_streaming_auroc_matches_sklearn() -> None:
     bins_T = norm_bins(norms_T, ctx)
     logit = (norms_T.log() - norms_T.log().mean()) / 0.3
     fires_TF = torch.rand(3000, 6, generator=gen, dtype=torch.float64) < torch.sigmoid(
-        logit.unsqueeze(1) * torch.tensor([0.0, 0.5, 1.0, 2.0, 4.0, -1.0], dtype=torch.float64))
+        logit.unsqueeze(1) * torch.tensor([0.0, 0.5, 1.0, 2.0, 4.0, -1.0], dtype=torch.float64)
+    )
     pos_FB = torch.stack([torch.bincount(bins_T[fires_TF[:, i]], minlength=N_BINS) for i in range(6)])
     total_B = torch.bincount(bins_T, minlength=N_BINS)
     ours = auroc_from_histograms(pos_FB, total_B)
@@ -228,8 +230,7 @@ def test_stream_metrics_agree_on_cuda(planted) -> None:
         with torch.no_grad():
             x, pos, lab = x_TD.to(device), positions_T.to(device), labels_TL.to(device)
             f = dev_sae.encode(x)
-            batch = SaeBatch(sae=dev_sae, x_TD=x, x_hat_TD=dev_sae.decode(f), f_TF=f, positions_T=pos,
-                             labels_TL=lab)
+            batch = SaeBatch(sae=dev_sae, x_TD=x, x_hat_TD=dev_sae.decode(f), f_TF=f, positions_T=pos, labels_TL=lab)
             for acc in accs:
                 acc.update(batch)
         results[device] = {(v.metric, v.latent): v.value for acc in accs for v in acc.compute()}

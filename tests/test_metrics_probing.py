@@ -19,17 +19,14 @@ from metrics.base import EvalContext, MetricValue, SaeBatch
 from metrics.probing import K_VALUES, MAX_PER_CLASS, TEST_SHARE, Reservoir, SparseProbing
 
 N_TOKENS, D_IN, D_SAE = 6000, 16, 32
-CTX = EvalContext(median_norm=1.0, norm_q25=0.5, norm_q75=2.0, n_tokens=N_TOKENS, label_names=("x", "y"),
-                  seed=3)
+CTX = EvalContext(median_norm=1.0, norm_q25=0.5, norm_q75=2.0, n_tokens=N_TOKENS, label_names=("x", "y"), seed=3)
 
 
-def run(f_TF: torch.Tensor, x_TD: torch.Tensor,
-        labels_TL: torch.Tensor) -> tuple[dict[str, float], SparseProbing]:
+def run(f_TF: torch.Tensor, x_TD: torch.Tensor, labels_TL: torch.Tensor) -> tuple[dict[str, float], SparseProbing]:
     sae = StandardSAE(StandardSAEConfig(d_in=D_IN, d_sae=D_SAE))
     acc = SparseProbing(sae, CTX)
     for f, x, lab in zip(f_TF.chunk(5), x_TD.chunk(5), labels_TL.chunk(5), strict=True):
-        acc.update(SaeBatch(sae=sae, x_TD=x, x_hat_TD=x, f_TF=f, positions_T=torch.zeros(len(f)),
-                            labels_TL=lab))
+        acc.update(SaeBatch(sae=sae, x_TD=x, x_hat_TD=x, f_TF=f, positions_T=torch.zeros(len(f)), labels_TL=lab))
     values: list[MetricValue] = acc.compute()
     return {v.metric: v.value for v in values}, acc
 
@@ -108,11 +105,11 @@ def reference_probe(f_TF: torch.Tensor, x_TD: torch.Tensor, labels_TL: torch.Ten
     for neg, pos in res:
         n = min(neg.sample().size, pos.sample().size)
         pick = np.random.default_rng(CTX.seed)
-        keys = np.concatenate([pick.choice(neg.sample(), n, replace=False),
-                               pick.choice(pos.sample(), n, replace=False)])
+        keys = np.concatenate(
+            [pick.choice(neg.sample(), n, replace=False), pick.choice(pos.sample(), n, replace=False)]
+        )
         y = np.repeat([0, 1], n)
-        train, test = train_test_split(np.arange(2 * n), test_size=TEST_SHARE, stratify=y,
-                                       random_state=CTX.seed)
+        train, test = train_test_split(np.arange(2 * n), test_size=TEST_SHARE, stratify=y, random_state=CTX.seed)
         codes = np.stack([codes_by_key[int(k)] for k in keys])
         acts = np.stack([acts_by_key[int(k)] for k in keys])
         out: dict[str, float] = {}

@@ -34,9 +34,7 @@ SAES: dict[str, tuple[str, str, int, float, float, float, float]] = {
 D_SAE = 8
 
 
-def results_rows(
-    saes: dict[str, tuple[str, str, int, float, float, float, float]], path_prefix: str
-) -> list[dict]:
+def results_rows(saes: dict[str, tuple[str, str, int, float, float, float, float]], path_prefix: str) -> list[dict]:
     rows = []
     for sae_id, (arch, family, seed, fvu, l0, ce, align) in saes.items():
         base = {
@@ -150,9 +148,7 @@ def test_load_run_reads_the_constructed_folder(tmp_path: Path) -> None:
     assert sorted(tables.saes.index) == sorted(SAES)
     assert tables.sae_metrics.loc["std_l1b", "fvu"] == 0.2
     assert tables.sae_metrics.loc["cos_b", "l0"] == 4.0
-    assert (
-        "feature_density" not in tables.sae_metrics.columns
-    )  # per-latent rows stay out of the SAE-level table
+    assert "feature_density" not in tables.sae_metrics.columns  # per-latent rows stay out of the SAE-level table
     assert len(tables.features) == len(SAES) * D_SAE
     assert tables.saes.loc["topk_k8_seed0", "seed_group"] == tables.saes.loc["topk_k8_seed1", "seed_group"]
     assert tables.saes.loc["topk_k8_seed0", "seed_group"] != tables.saes.loc["topk_k4_seed0", "seed_group"]

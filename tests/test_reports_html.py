@@ -39,9 +39,7 @@ def test_report_is_self_contained_escaped_and_complete(tmp_path: Path) -> None:
     assert html.count(bundle) == 1
     assert html.count(bundle[:300]) == 1  # and no second copy of its head either
     rest = _without_bundle(html)
-    assert (
-        re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", rest) is None
-    )  # nothing fetched from the network
+    assert re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", rest) is None  # nothing fetched from the network
     assert XSS not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert EVIL_ID not in html and "evil&lt;img src=x onerror=alert(2)&gt;" in html
     assert "alert(1)" not in "".join(re.findall(r"<script>(.*?)</script>", rest, flags=re.S))
@@ -85,8 +83,6 @@ def test_single_sae_without_downstream_metrics(tmp_path: Path) -> None:
 
 
 def test_figure_json_escapes_markup_and_nulls_nan() -> None:
-    text = str(
-        figure_json({"data": [{"name": "</script><b>", "y": [1.0, math.nan, math.inf]}], "layout": {}})
-    )
+    text = str(figure_json({"data": [{"name": "</script><b>", "y": [1.0, math.nan, math.inf]}], "layout": {}}))
     assert "<" not in text and ">" not in text
     assert json.loads(text) == {"data": [{"name": "</script><b>", "y": [1.0, None, None]}], "layout": {}}

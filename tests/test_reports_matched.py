@@ -24,9 +24,7 @@ def tables(tmp_path: Path):
 
 
 def cell(matched: pd.DataFrame, target: float, family: str, metric: str) -> pd.Series:
-    rows = matched[
-        (matched["target"] == target) & (matched["family"] == family) & (matched["metric"] == metric)
-    ]
+    rows = matched[(matched["target"] == target) & (matched["family"] == family) & (matched["metric"] == metric)]
     assert len(rows) == 1, rows
     return rows.iloc[0]
 
@@ -110,9 +108,9 @@ def test_compare_merges_folders_and_counts_one_sae_once(tmp_path: Path) -> None:
     assert main(["compare", str(a), str(b), "--out", str(out), "--by", "l0", "--at", "16"]) == 0
     written = pd.read_csv(out / "matched.csv")
     assert list(written.columns) == list(MATCHED_COLUMNS)
-    assert written[(written["family"] == "cosine") & (written["metric"] == "fvu")]["value"].iloc[
-        0
-    ] == pytest.approx(0.3)
+    assert written[(written["family"] == "cosine") & (written["metric"] == "fvu")]["value"].iloc[0] == pytest.approx(
+        0.3
+    )
     assert (out / "report.html").is_file()
 
 
@@ -120,9 +118,7 @@ def test_cli_report_writes_both_files_and_bad_input_exits_2(tmp_path: Path, caps
     run = write_run_dir(tmp_path / "run")
     assert main(["report", str(run)]) == 0
     written = pd.read_csv(run / "matched.csv", keep_default_na=False)
-    assert set(written["lower_sae"]) >= {
-        OUT_OF_RANGE
-    }  # standard stops at fvu 0.4, below the top default target 0.5
+    assert set(written["lower_sae"]) >= {OUT_OF_RANGE}  # standard stops at fvu 0.4, below the top default target 0.5
     assert (run / "report.html").stat().st_size > 1_000_000  # plotly bundle inside
     assert main(["report", str(run), "--by", "fvv"]) == 2
     assert "did you mean fvu" in capsys.readouterr().err

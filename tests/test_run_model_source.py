@@ -123,9 +123,7 @@ def test_downstream_through_the_model_source(world: World, run_dir: tuple[Path, 
     assert {r["n_tokens"] for r in rows} == {str(N_TOKENS)}
 
 
-def test_autointerp_baseline_joins_the_outputs_and_is_cached(
-    world: World, run_dir: tuple[Path, StandardSAE]
-) -> None:
+def test_autointerp_baseline_joins_the_outputs_and_is_cached(world: World, run_dir: tuple[Path, StandardSAE]) -> None:
     sae_dir = run_dir[0].parent / "sae"
     out = run_dir[0].parent / "out-autointerp"
     argv = [

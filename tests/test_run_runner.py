@@ -79,9 +79,7 @@ def group_size(saes: dict[str, StandardSAE], ctx: EvalContext) -> dict[str, list
 
 
 WEIGHTS = MetricSpec("t_weights", "alignment", "weights", norm_of_decoder, ("dec_norm",))
-GROUP = MetricSpec(
-    "t_group", "stability", "group", group_size, ("group_size",), requires=frozenset({"seed_group"})
-)
+GROUP = MetricSpec("t_group", "stability", "group", group_size, ("group_size",), requires=frozenset({"seed_group"}))
 
 
 class Recorder:
@@ -120,9 +118,7 @@ def test_weights_and_group_metrics_cached(tmp_path: Path) -> None:
     outcome = run(tmp_path, [WEIGHTS, GROUP], CountingSource())
     assert Calls.weights == 3
     assert Calls.group == [("s0", "s1")]
-    values = {
-        r.handle.sae_id: {v.metric: v.value for sh in r.shards for v in sh.values} for r in outcome.results
-    }
+    values = {r.handle.sae_id: {v.metric: v.value for sh in r.shards for v in sh.values} for r in outcome.results}
     assert values["s0"]["group_size"] == 2 and "group_size" not in values["s2"]
     assert [n.sae_ids for n in outcome.skipped if n.entry == "t_group"] == [["s2"]]
     run(tmp_path, [WEIGHTS, GROUP], CountingSource())
@@ -145,18 +141,14 @@ def test_no_prepass_when_nothing_needs_norms(tmp_path: Path) -> None:
     load_metric_modules()
     specs = select_metrics("core,sparsity")
     src = CountingSource()
-    outcome = Runner(ResultStore(tmp_path), EvalSettings(), specs).run(
-        three_saes(), {"h": src.source(known=True)}
-    )
+    outcome = Runner(ResultStore(tmp_path), EvalSettings(), specs).run(three_saes(), {"h": src.source(known=True)})
     assert src.passes == 1
     assert outcome.hooks["h"].ctx.n_tokens == N_SEQ * (SEQ - 1)
     assert {sh.n_tokens for r in outcome.results for sh in r.shards} == {N_SEQ * (SEQ - 1)}
     x = src.acts[:, 1:].reshape(-1, D_IN).double()
     assert outcome.hooks["h"].ctx.median_norm == pytest.approx(float(np.median(x.norm(dim=-1).numpy())))
     again = CountingSource()
-    rerun = Runner(ResultStore(tmp_path), EvalSettings(), specs).run(
-        three_saes(), {"h": again.source(known=True)}
-    )
+    rerun = Runner(ResultStore(tmp_path), EvalSettings(), specs).run(three_saes(), {"h": again.source(known=True)})
     assert again.passes == 0 and rerun.computed == []
     assert rerun.hooks["h"].ctx.n_tokens == N_SEQ * (SEQ - 1)
 

@@ -57,9 +57,7 @@ def setup() -> dict:
 @pytest.fixture(scope="module")
 def ours(setup: dict, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, float]]:
     source = model_source(setup["model"], setup["tokens"], BATCH)
-    outcome = run_specs(
-        handles(setup["saes"]), source, "core,downstream,sparsity", tmp_path_factory.mktemp("out")
-    )
+    outcome = run_specs(handles(setup["saes"]), source, "core,downstream,sparsity", tmp_path_factory.mktemp("out"))
     return values_by_sae(outcome)
 
 

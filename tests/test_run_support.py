@@ -73,9 +73,7 @@ def trained_tiny_model(steps: int = 20) -> HookedTransformer:
     return model
 
 
-def model_source(
-    model: HookedTransformer, tokens: torch.Tensor, batch_size: int, hook: str = HOOK
-) -> DataSource:
+def model_source(model: HookedTransformer, tokens: torch.Tensor, batch_size: int, hook: str = HOOK) -> DataSource:
     layer = int(hook.split(".")[1])
 
     def batches() -> Iterator[ActivationBatch]:

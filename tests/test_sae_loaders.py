@@ -62,9 +62,7 @@ def _no_input_centring(sae: SAE[Any]) -> SAE[Any]:
 
 
 # trainer class -> (factory variant, ae.pt writer, reference transform, evalkit architecture)
-DL_CASES: dict[
-    str, tuple[str, Callable[..., dict[str, torch.Tensor]], Callable[[SAE[Any]], SAE[Any]], str]
-] = {
+DL_CASES: dict[str, tuple[str, Callable[..., dict[str, torch.Tensor]], Callable[[SAE[Any]], SAE[Any]], str]] = {
     "StandardTrainer": ("standard", dl_relu_state, lambda s: s, "standard"),
     "StandardTrainerAprilUpdate": ("standard", dl_relu_state, lambda s: s, "standard"),
     "PAnnealTrainer": ("standard", dl_relu_state, lambda s: s, "standard"),
@@ -126,9 +124,7 @@ def test_old_sae_lens_config_with_top_level_hook(tmp_path) -> None:
     reference = make_sae("topk", D_IN, D_SAE)
     folder = tmp_path / "old"
     folder.mkdir()
-    save_file(
-        {k: v.detach().clone() for k, v in reference.state_dict().items()}, folder / "sae_weights.safetensors"
-    )
+    save_file({k: v.detach().clone() for k, v in reference.state_dict().items()}, folder / "sae_weights.safetensors")
     old_cfg = {
         "d_in": D_IN,
         "d_sae": D_SAE,
@@ -156,9 +152,7 @@ def test_recursive_search_mixes_formats_with_unique_ids(tmp_path) -> None:
     make_sae("topafa").save_model(tmp_path / "zoo" / "topafa")
     write_sparsify(tmp_path / "zoo" / "sparsify_run", "layers.1", make_sae("topk"))
     reference = make_sae("gated")
-    write_dictionary_learning(
-        tmp_path / "zoo" / "dl" / "trainer_0", "GatedSAETrainer", dl_gated_state(reference)
-    )
+    write_dictionary_learning(tmp_path / "zoo" / "dl" / "trainer_0", "GatedSAETrainer", dl_gated_state(reference))
     loaded = load_saes(tmp_path / "zoo")
     ids = [one.sae_id for one in loaded]
     assert ids == ["cosine/s0", "dl/trainer_0", "sparsify_run/layers.1", "topafa"]

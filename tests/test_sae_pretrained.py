@@ -126,7 +126,11 @@ def test_pretrained_honours_hf_env_in_a_fresh_process(tmp_path: Path) -> None:
     }
     proc = subprocess.run(
         [sys.executable, "-c", SUBPROCESS_LOAD, SPEC],
-        env=env, capture_output=True, text=True, timeout=120, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -113,9 +113,7 @@ def test_aligned_training_holds_the_constraint_exactly(tmp_path) -> None:
     torch.testing.assert_close(W_dec.norm(dim=-1), torch.ones(D_SAE))
     torch.testing.assert_close((W_enc.T * W_dec).sum(-1), torch.ones(D_SAE))
     assert loaded.cfg["metadata"]["aligned"] is True
-    assert not torch.allclose(W_enc.T, W_dec), (
-        "the encoder moved off the decoder directions while staying aligned"
-    )
+    assert not torch.allclose(W_enc.T, W_dec), "the encoder moved off the decoder directions while staying aligned"
 
 
 UNIT_ENC_CONFIGS: dict[str, dict[str, Any]] = {
@@ -187,9 +185,7 @@ def test_aux_loss_is_on_with_the_papers_coefficient() -> None:
 
 def test_cosine_trains_under_sae_lens_trainer(tmp_path) -> None:
     sae = build("cosine_topk")
-    cfg = SAETrainerConfig(
-        total_training_samples=BATCH * 30, train_batch_size_samples=BATCH, lr=3e-3, lr_end=3e-3
-    )
+    cfg = SAETrainerConfig(total_training_samples=BATCH * 30, train_batch_size_samples=BATCH, lr=3e-3, lr_end=3e-3)
     batches = (data(i) for i in range(10**6))
     before = sae.a.detach().clone()
     trained = SAETrainer(cfg=cfg, sae=sae, data_provider=batches).fit()

@@ -145,9 +145,7 @@ def test_cosine_with_a1_b0_is_inner_product_with_unit_encoder_columns() -> None:
         torch.testing.assert_close(score(sae, x), expected, rtol=1e-5, atol=1e-5)
         # the raw inner product differs exactly by the column norms
         raw = (x - sae.b_dec) @ sae.W_enc
-        torch.testing.assert_close(
-            score(sae, x) - sae.b_enc, raw / sae.W_enc.norm(dim=0), rtol=1e-5, atol=1e-5
-        )
+        torch.testing.assert_close(score(sae, x) - sae.b_enc, raw / sae.W_enc.norm(dim=0), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("variant", ["cosine", "cosine_per_feature", "cosine_batchtopk"])

@@ -41,9 +41,7 @@ def test_model_path_equals_activation_file_path(world, tmp_path) -> None:
     save_file({"activations": acts, "tokens": tokens}, str(path))
     from_file = list(open_source(activations=path, batch_size=world.seq_len * 8))
     assert torch.equal(torch.cat([b.acts_BSD for b in from_file]), acts)
-    assert torch.equal(
-        torch.cat([b.special_BS for b in from_file]), torch.cat([b.special_BS for b in batches])
-    )
+    assert torch.equal(torch.cat([b.special_BS for b in from_file]), torch.cat([b.special_BS for b in batches]))
     # and the stored corpus tokens are exactly what tokenizing eval.txt gives back
     from safetensors import safe_open
 
@@ -149,9 +147,7 @@ def test_bad_model_inputs(world, tmp_path) -> None:
     with pytest.raises(EvalkitInputError, match="line 1"):
         list(open_source(model=str(world.model_dir), hook=world.hook_name, dataset=str(bad_json)))
     with pytest.raises(EvalkitInputError, match="not found"):
-        list(
-            open_source(model=str(world.model_dir), hook=world.hook_name, dataset=str(tmp_path / "nope.txt"))
-        )
+        list(open_source(model=str(world.model_dir), hook=world.hook_name, dataset=str(tmp_path / "nope.txt")))
     with pytest.raises(EvalkitInputError, match="not a model folder"):
         open_source(model=str(tmp_path), hook=world.hook_name, dataset=str(empty))
     with pytest.raises(EvalkitInputError, match="--dataset"):
@@ -199,7 +195,4 @@ def test_dtype_applies_to_model_activations(world) -> None:
         torch.testing.assert_close(acts.float(), reference.acts_BSD, rtol=0.1, atol=0.1 * acts.abs().max())
     world_acts = next(iter(open_source(world=world, n_tokens=world.seq_len, dtype="float64"))).acts_BSD
     assert world_acts.dtype == torch.float64
-    assert (
-        open_source(world=world, dtype="float64").info.fingerprint
-        != open_source(world=world).info.fingerprint
-    )
+    assert open_source(world=world, dtype="float64").info.fingerprint != open_source(world=world).info.fingerprint

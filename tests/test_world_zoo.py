@@ -54,9 +54,7 @@ def test_zoo_composition() -> None:
         ("aligned_topk", "k"),
     ):
         levels = {
-            e.params[key]
-            for e in entries
-            if e.architecture == arch and e.seed == 0 and not e.params.get("per_feature")
+            e.params[key] for e in entries if e.architecture == arch and e.seed == 0 and not e.params.get("per_feature")
         }
         assert len(levels) >= 3, arch
     for arch in ("unit_enc_topk", "aligned_topk", "cosine"):
@@ -89,9 +87,7 @@ def test_every_variant_trains_and_loads_with_sae_lens(world, tmp_path) -> None:
             if arch in SAME_FORWARD:
                 # float64: no latent sits within rounding error of a threshold or of the k-th score
                 recon = loaded.double()(x.double())
-                torch.testing.assert_close(
-                    recon, c * trained.double()(x.double() / c), rtol=1e-5, atol=1e-5 * c
-                )
+                torch.testing.assert_close(recon, c * trained.double()(x.double() / c), rtol=1e-5, atol=1e-5 * c)
                 loaded.float()
         if arch in UNIT_ENCODER:  # the zoo rescale to raw units leaves the weights as trained
             W_enc = loaded.W_enc.detach()
@@ -185,8 +181,10 @@ def test_an_edited_recipe_is_a_new_cache_entry(world, tmp_path, monkeypatch) -> 
     original = zoo.zoo_entries
 
     def edited(*args, **kwargs):
-        return [replace(e, params={**e.params, "l1_coefficient": 7.0}) if e.architecture == "standard" else e
-                for e in original(*args, **kwargs)]
+        return [
+            replace(e, params={**e.params, "l1_coefficient": 7.0}) if e.architecture == "standard" else e
+            for e in original(*args, **kwargs)
+        ]
 
     monkeypatch.setattr(zoo, "zoo_entries", edited)
     after = build_zoo(world, cache_dir=tmp_path, size="one")

@@ -51,9 +51,7 @@ def read_torch_state(path: Path) -> StateDict:
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several unrelated types for corrupt/unsafe files
-        raise EvalkitInputError(
-            path, f"unreadable or corrupt torch file ({type(exc).__name__}: {exc})"
-        ) from exc
+        raise EvalkitInputError(path, f"unreadable or corrupt torch file ({type(exc).__name__}: {exc})") from exc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise EvalkitInputError(path, "expected a state dict of tensors")
     return dict(state)
@@ -62,11 +60,7 @@ def read_torch_state(path: Path) -> StateDict:
 def sae_class_for(architecture: str, where: Path | str) -> tuple[type[SAE[Any]], type[Any]]:
     if architecture not in SAE_CLASS_REGISTRY:
         close = difflib.get_close_matches(architecture, list(SAE_CLASS_REGISTRY), n=3, cutoff=0.5)
-        hint = (
-            f"; did you mean {', '.join(close)}?"
-            if close
-            else f"; known: {', '.join(sorted(SAE_CLASS_REGISTRY))}"
-        )
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(sorted(SAE_CLASS_REGISTRY))}"
         raise EvalkitInputError(where, f"unknown architecture {architecture!r}{hint}")
     return SAE_CLASS_REGISTRY[architecture]
 

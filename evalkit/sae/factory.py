@@ -233,8 +233,6 @@ def write_sparsify(run: Path, hookpoint: str, sae: SAE[Any], **cfg: Any) -> Path
         "num_latents": int(sae.cfg.d_sae),
         "k": int(getattr(sae.cfg, "k", 4)),
     }
-    (folder / "cfg.json").write_text(
-        json.dumps({**sae_cfg, "multi_topk": False, "d_in": int(sae.cfg.d_in), **cfg})
-    )
+    (folder / "cfg.json").write_text(json.dumps({**sae_cfg, "multi_topk": False, "d_in": int(sae.cfg.d_in), **cfg}))
     (run / "config.json").write_text(json.dumps({"model": "EleutherAI/pythia-70m", "batch_size": 8}))
     return folder

@@ -121,9 +121,7 @@ def make_loaded(sae: SAE[Any], cfg: dict[str, Any], sae_id: str, path: str, fmt:
     metadata = cfg.get("metadata") or {}
     architecture = evalkit_architecture(sae, cfg)
     aligned = bool(
-        metadata.get("aligned")
-        or cfg.get("aligned")
-        or metadata.get("training_architecture") == "aligned_topk"
+        metadata.get("aligned") or cfg.get("aligned") or metadata.get("training_architecture") == "aligned_topk"
     )
     hook_name = sae.cfg.metadata.hook_name
     d_in, d_sae = int(sae.cfg.d_in), int(sae.cfg.d_sae)

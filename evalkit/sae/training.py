@@ -159,9 +159,7 @@ class CosineTrainingSAE(TrainingSAE[CosineTrainingSAEConfig]):
         init_b = self.cfg.init_b if self.cfg.init_b is not None else 0.5 * math.log(self.cfg.d_in)
         self.b = nn.Parameter(torch.full((n,), init_b, dtype=self.dtype, device=self.device))
         # A buffer, not a parameter: θ is an EMA statistic, not learned by gradient. Negative = not set yet.
-        self.register_buffer(
-            "threshold", torch.full((1,), UNSET_THRESHOLD, dtype=self.dtype, device=self.device)
-        )
+        self.register_buffer("threshold", torch.full((1,), UNSET_THRESHOLD, dtype=self.dtype, device=self.device))
 
     @override
     def get_activation_fn(self) -> nn.Module:
@@ -306,16 +304,12 @@ class AlignedTopKTrainingSAEConfig(TopKTrainingSAEConfig):
 
     def __post_init__(self) -> None:
         if self.rescale_acts_by_decoder_norm:
-            raise ValueError(
-                "aligned_topk keeps unit decoder rows itself; rescale_acts_by_decoder_norm must be False"
-            )
+            raise ValueError("aligned_topk keeps unit decoder rows itself; rescale_acts_by_decoder_norm must be False")
         self.metadata.aligned = True
         super().__post_init__()
 
 
-def aligned_weights(
-    W_enc_raw_DF: torch.Tensor, W_dec_raw_FD: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def aligned_weights(W_enc_raw_DF: torch.Tensor, W_dec_raw_FD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(W_enc [d_in, d_sae], W_dec [d_sae, d_in]) with unit decoder rows and ⟨W_enc[:,i], d̂_i⟩ = 1."""
     d_hat_FD = W_dec_raw_FD / W_dec_raw_FD.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     u_FD = W_enc_raw_DF.T

@@ -114,9 +114,7 @@ class CosineSAEConfig(SAEConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.activation not in COSINE_ACTIVATIONS:
-            raise ValueError(
-                f"cosine activation must be one of {sorted(COSINE_ACTIVATIONS)}, got {self.activation!r}"
-            )
+            raise ValueError(f"cosine activation must be one of {sorted(COSINE_ACTIVATIONS)}, got {self.activation!r}")
 
 
 def _cosine_topk(sae: CosineSAE, hidden_pre: torch.Tensor) -> torch.Tensor:
@@ -176,9 +174,7 @@ class CosineSAE(SAE[CosineSAEConfig]):
 
     @override
     def fold_W_dec_norm(self) -> None:
-        raise NotImplementedError(
-            "cosine SAEs cannot fold decoder norms exactly (the scale exp(b) is not per-row)"
-        )
+        raise NotImplementedError("cosine SAEs cannot fold decoder norms exactly (the scale exp(b) is not per-row)")
 
 
 # --------------------------------------------------------------------------------------------------- top-AFA

@@ -56,9 +56,7 @@ def file_identity(path: Path) -> str:
     return h.hexdigest()[:20]
 
 
-def check_d_in(
-    source_d_in: int, sae_d_in: int, sae_where: str | Path, source_where: str | Path | None = None
-) -> None:
+def check_d_in(source_d_in: int, sae_d_in: int, sae_where: str | Path, source_where: str | Path | None = None) -> None:
     """Bad input unless the SAE's d_in matches the activations'."""
     if int(source_d_in) != int(sae_d_in):
         origin = f" from {source_where}" if source_where else ""

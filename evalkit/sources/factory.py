@@ -51,9 +51,7 @@ def model_dataset_source(
     n_seq_batch = max(1, int(batch_size) // seq_len)
     dataset_path = Path(dataset)
     data_id = file_identity(dataset_path) if dataset_path.is_file() else f"hf:{dataset}:{split}"
-    model_id = (
-        file_identity(Path(model_name) / "model.safetensors") if Path(model_name).is_dir() else model_name
-    )
+    model_id = file_identity(Path(model_name) / "model.safetensors") if Path(model_name).is_dir() else model_name
     info = SourceInfo(
         "model",
         "model:"
@@ -111,11 +109,7 @@ def open_source(
     if activations is not None:
         source = ActivationFileSource(activations, n_tokens=n_tokens, batch_size=batch_size, device=device)
     elif model is not None or hook is not None or dataset is not None:
-        missing = [
-            flag
-            for flag, value in (("--model", model), ("--hook", hook), ("--dataset", dataset))
-            if not value
-        ]
+        missing = [flag for flag, value in (("--model", model), ("--hook", hook), ("--dataset", dataset)) if not value]
         if missing:
             raise EvalkitInputError(
                 missing[0],

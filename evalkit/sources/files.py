@@ -40,9 +40,7 @@ class _Rows:
             ".pth": self._open_pt,
         }
         if path.suffix not in opener:
-            raise EvalkitInputError(
-                path, f"unsupported activation file type; use one of {', '.join(SUFFIXES)}"
-            )
+            raise EvalkitInputError(path, f"unsupported activation file type; use one of {', '.join(SUFFIXES)}")
         if not path.is_file():
             raise EvalkitInputError(path, "activation file not found")
         try:
@@ -50,17 +48,13 @@ class _Rows:
         except EvalkitInputError:
             raise
         except Exception as exc:  # each library raises its own types for truncated or foreign files
-            raise EvalkitInputError(
-                path, f"cannot read activation file ({type(exc).__name__}: {exc})"
-            ) from None
+            raise EvalkitInputError(path, f"cannot read activation file ({type(exc).__name__}: {exc})") from None
 
     def _open_safetensors(self) -> None:
         handle = safe_open(str(self.path), framework="pt")
         keys = set(handle.keys())
         if "activations" not in keys:
-            raise EvalkitInputError(
-                self.path, f"no tensor named 'activations' (found: {', '.join(sorted(keys))})"
-            )
+            raise EvalkitInputError(self.path, f"no tensor named 'activations' (found: {', '.join(sorted(keys))})")
         self.metadata = handle.metadata() or {}
         self._slice = handle.get_slice("activations")
         self.shape = tuple(self._slice.get_shape())
@@ -76,12 +70,8 @@ class _Rows:
         obj = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
         if isinstance(obj, dict):
             if not isinstance(obj.get("activations"), torch.Tensor):
-                raise EvalkitInputError(
-                    self.path, f"no tensor named 'activations' (found: {', '.join(map(str, obj))})"
-                )
-            self.extra = {
-                k: v for k, v in obj.items() if k in ("tokens", "positions") and isinstance(v, torch.Tensor)
-            }
+                raise EvalkitInputError(self.path, f"no tensor named 'activations' (found: {', '.join(map(str, obj))})")
+            self.extra = {k: v for k, v in obj.items() if k in ("tokens", "positions") and isinstance(v, torch.Tensor)}
             obj = obj["activations"]
         if not isinstance(obj, torch.Tensor):
             raise EvalkitInputError(
@@ -120,9 +110,7 @@ class ActivationFileSource:
         self.tokens = self._companion("tokens")
         self.positions = self._companion("positions")
         self.special_ids = self._special_ids(special_token_ids)
-        max_seq = (
-            self.n_seq_total if n_tokens is None else min(self.n_seq_total, -(-int(n_tokens) // self.seq_len))
-        )
+        max_seq = self.n_seq_total if n_tokens is None else min(self.n_seq_total, -(-int(n_tokens) // self.seq_len))
         self.n_seq = max_seq
         self.n_seq_batch = seqs_per_batch(batch_size, self.seq_len)
         self.device = device
@@ -149,8 +137,7 @@ class ActivationFileSource:
         if tuple(tensor.shape) != (self.n_seq_total, self.seq_len):
             raise EvalkitInputError(
                 self.path,
-                f"'{key}' has shape {list(tensor.shape)} but the activations need "
-                f"{[self.n_seq_total, self.seq_len]}",
+                f"'{key}' has shape {list(tensor.shape)} but the activations need {[self.n_seq_total, self.seq_len]}",
             )
         return tensor.to(torch.int64)
 
@@ -176,9 +163,7 @@ class ActivationFileSource:
             if self.positions is not None:
                 positions = self.positions[start:stop].to(self.device)
             else:
-                positions = (
-                    torch.arange(self.seq_len, device=self.device).expand(stop - start, -1).contiguous()
-                )
+                positions = torch.arange(self.seq_len, device=self.device).expand(stop - start, -1).contiguous()
             special = (
                 special_mask(tokens, self.special_ids)
                 if tokens is not None

@@ -30,9 +30,7 @@ class LabelFile:
         self._slice = self._handle.get_slice("labels")
         shape = self._slice.get_shape()
         if len(shape) != 2:
-            raise EvalkitInputError(
-                self.path, f"'labels' must be [n_tokens, n_labels], got shape {list(shape)}"
-            )
+            raise EvalkitInputError(self.path, f"'labels' must be [n_tokens, n_labels], got shape {list(shape)}")
         self.n_rows, self.n_labels = int(shape[0]), int(shape[1])
         self.names = self._names()
 
@@ -44,21 +42,13 @@ class LabelFile:
             names = json.loads(raw)
         except json.JSONDecodeError:
             raise EvalkitInputError(self.path, "metadata 'label_names' is not valid JSON") from None
-        if (
-            not isinstance(names, list)
-            or len(names) != self.n_labels
-            or not all(isinstance(n, str) for n in names)
-        ):
-            raise EvalkitInputError(
-                self.path, f"'label_names' must be a JSON list of {self.n_labels} strings"
-            )
+        if not isinstance(names, list) or len(names) != self.n_labels or not all(isinstance(n, str) for n in names):
+            raise EvalkitInputError(self.path, f"'label_names' must be a JSON list of {self.n_labels} strings")
         return tuple(names)
 
     def rows(self, start: int, stop: int) -> torch.Tensor:
         if stop > self.n_rows:
-            raise EvalkitInputError(
-                self.path, f"has {self.n_rows} label rows but the activations need at least {stop}"
-            )
+            raise EvalkitInputError(self.path, f"has {self.n_rows} label rows but the activations need at least {stop}")
         return self._slice[start:stop].to(torch.bool)
 
 

@@ -67,9 +67,7 @@ def _iter_hf(name: str, split: str) -> Iterator[str]:
     try:
         ds = datasets.load_dataset(name, split=split, streaming=True)
     except Exception as exc:  # network, missing dataset, bad split: all bad input from the user's side
-        raise EvalkitInputError(
-            name, f"cannot open Hugging Face dataset ({type(exc).__name__}: {exc})"
-        ) from None
+        raise EvalkitInputError(name, f"cannot open Hugging Face dataset ({type(exc).__name__}: {exc})") from None
     for i, record in enumerate(ds):
         yield _text_of(record, f"{name}[{i}]")
 
@@ -83,9 +81,7 @@ def iter_texts(dataset: str | Path, split: str = "train") -> Iterator[str]:
             raise EvalkitInputError(path, "dataset file not found")
         readers = {".txt": _iter_txt, ".jsonl": _iter_jsonl, ".parquet": _iter_parquet}
         if path.suffix not in readers:
-            raise EvalkitInputError(
-                path, f"unsupported dataset format; use one of {', '.join(LOCAL_SUFFIXES)}"
-            )
+            raise EvalkitInputError(path, f"unsupported dataset format; use one of {', '.join(LOCAL_SUFFIXES)}")
         try:
             yield from readers[path.suffix](path)
         except UnicodeDecodeError:
@@ -116,9 +112,7 @@ def token_rows(
         raise EvalkitInputError(where, f"dataset is empty or shorter than one sequence of {seq_len} tokens")
 
 
-def token_batches(
-    rows: Iterator[list[int]], n_seq_batch: int, max_seqs: int | None
-) -> Iterator[torch.Tensor]:
+def token_batches(rows: Iterator[list[int]], n_seq_batch: int, max_seqs: int | None) -> Iterator[torch.Tensor]:
     """Group rows into [n_seq_batch, seq_len] int64 tensors, stopping after `max_seqs` rows."""
     batch: list[list[int]] = []
     taken = 0

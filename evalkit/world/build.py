@@ -45,9 +45,7 @@ SIZES: dict[str, WorldSize] = {
         n_eval=512,
         n_sae=1536,
         # 600 steps of 8 x 128 tokens: a couple of minutes on 2 cores; the loss is still falling at the end.
-        model=ModelSpec(
-            steps=600, batch_size=8, eval_every=50, massive_value_bos=2400.0, massive_value_delim=1600.0
-        ),
+        model=ModelSpec(steps=600, batch_size=8, eval_every=50, massive_value_bos=2400.0, massive_value_delim=1600.0),
     ),
     # For tests: a 2-layer d_model-32 model trained for a few steps; same code path, seconds instead of
     # minutes.
@@ -125,9 +123,7 @@ def hook_activations(
     layer = int(hook_name.split(".")[1]) + 1 if hook_name.startswith("blocks.") else None
     out = []
     for i in range(0, len(tokens_NS), batch_size):
-        _, cache = model.run_with_cache(
-            tokens_NS[i : i + batch_size], names_filter=hook_name, stop_at_layer=layer
-        )
+        _, cache = model.run_with_cache(tokens_NS[i : i + batch_size], names_filter=hook_name, stop_at_layer=layer)
         out.append(cache[hook_name].float().cpu())
     return torch.cat(out)
 

@@ -140,9 +140,7 @@ class _Writer:
         self.words: list[str] = []
         self.labels: list[int] = []
         self.context = 0  # bits of the spans currently open
-        self.sentences: list[
-            tuple[int, int]
-        ] = []  # (start, end) of finished prose sentences, for induction copies
+        self.sentences: list[tuple[int, int]] = []  # (start, end) of finished prose sentences, for induction copies
         self.kv_pairs: list[tuple[str, str]] = []
         self.used_keys: set[str] = set()
 

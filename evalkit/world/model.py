@@ -99,8 +99,7 @@ def _lr_at(step: int, spec: ModelSpec) -> float:
 @torch.no_grad()
 def heldout_loss(model: HookedTransformer, tokens_NS: torch.Tensor, batch_size: int = 64) -> float:
     losses = [
-        float(model(tokens_NS[i : i + batch_size], return_type="loss"))
-        for i in range(0, len(tokens_NS), batch_size)
+        float(model(tokens_NS[i : i + batch_size], return_type="loss")) for i in range(0, len(tokens_NS), batch_size)
     ]
     return float(np.mean(losses))
 
@@ -160,16 +159,12 @@ def is_world_model_folder(path: Path) -> bool:
     return (path / MODEL_CONFIG_FILE).is_file() and (path / MODEL_WEIGHTS_FILE).is_file()
 
 
-def load_world_model(
-    folder: Path, device: str = "cpu", dtype: torch.dtype = torch.float32
-) -> HookedTransformer:
+def load_world_model(folder: Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> HookedTransformer:
     meta = json.loads((folder / MODEL_CONFIG_FILE).read_text())
     kwargs = dict(meta["hooked_transformer_config"], device=device, dtype=dtype)
     model = HookedTransformer(HookedTransformerConfig(**kwargs), tokenizer=load_tokenizer(folder))
     state = load_file(str(folder / MODEL_WEIGHTS_FILE))
-    model.load_state_dict(
-        {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}, strict=True
-    )
+    model.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}, strict=True)
     model.to(device)
     model.eval()
     return model

@@ -24,9 +24,7 @@ def save_tokenizer(vocab: Sequence[str], folder: Path) -> None:
     # The tokenizer itself prepends BOS, like most LLM tokenizers; transformer-lens detects that and does not
     # add another.
     tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", special_tokens=[(BOS, ids[BOS])])
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK
-    )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK)
     fast.model_max_length = 1 << 20
     folder.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(str(folder))

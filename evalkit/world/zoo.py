@@ -58,15 +58,11 @@ OUTLIER_INIT_ARCHITECTURES = frozenset(
 )
 
 
-def _sweep(
-    prefix: str, arch: str, key: str, values: tuple[float, ...], steps: int, **extra: object
-) -> list[ZooEntry]:
+def _sweep(prefix: str, arch: str, key: str, values: tuple[float, ...], steps: int, **extra: object) -> list[ZooEntry]:
     return [ZooEntry(f"{prefix}_{key}{v:g}", arch, {key: v, **extra}, 0, steps) for v in values]  # type: ignore[dict-item]
 
 
-def _seeds(
-    prefix: str, arch: str, params: dict[str, object], seeds: tuple[int, ...], steps: int
-) -> list[ZooEntry]:
+def _seeds(prefix: str, arch: str, params: dict[str, object], seeds: tuple[int, ...], steps: int) -> list[ZooEntry]:
     tag = f"k{params['k']:g}"  # names stay stable when recipe fields (e.g. decoder_init_norm) are added
     return [ZooEntry(f"{prefix}_{tag}_seed{s}", arch, dict(params), s, steps) for s in seeds]  # type: ignore[arg-type]
 

@@ -64,9 +64,7 @@ def incomplete_problem(folder: Path, candidates: list[SaeFormat]) -> str | None:
     partial = [fmt for fmt in candidates if any((folder / m).is_file() for m in fmt.markers)]
     if not partial:
         return None
-    lacks = [
-        f"{', '.join(m for m in fmt.markers if not (folder / m).is_file())} ({fmt.name})" for fmt in partial
-    ]
+    lacks = [f"{', '.join(m for m in fmt.markers if not (folder / m).is_file())} ({fmt.name})" for fmt in partial]
     return f"missing {' or '.join(lacks)}"
 
 
@@ -79,9 +77,7 @@ def find_sae_folders(root: Path, candidates: list[SaeFormat]) -> list[tuple[Path
         matched = formats_matching(folder, candidates)
         if len(matched) > 1:
             names = ", ".join(fmt.name for fmt in matched)
-            raise EvalkitInputError(
-                folder, f"holds files of several formats ({names}); pass format= to choose"
-            )
+            raise EvalkitInputError(folder, f"holds files of several formats ({names}); pass format= to choose")
         if matched:
             found.append((folder, matched[0]))
     return found

@@ -98,22 +98,17 @@ def _linear_topk_state(state: StateDict, name: str, where: Path) -> StateDict:
 def _topk(state: StateDict, trainer: dict[str, Any], where: Path) -> Converted:
     name = str(trainer.get("trainer_class"))
     k = int(need(state, "k", where, name).item())
-    return {"architecture": "topk", "k": k, "apply_b_dec_to_input": True}, _linear_topk_state(
-        state, name, where
-    )
+    return {"architecture": "topk", "k": k, "apply_b_dec_to_input": True}, _linear_topk_state(state, name, where)
 
 
 def _global_threshold(state: StateDict, name: str, where: Path, d_sae: int) -> torch.Tensor:
     threshold = need(state, "threshold", where, name)
     if threshold.numel() != 1:
-        raise EvalkitInputError(
-            where, f"threshold should be one number for {name}, got shape {list(threshold.shape)}"
-        )
+        raise EvalkitInputError(where, f"threshold should be one number for {name}, got shape {list(threshold.shape)}")
     if float(threshold) < 0:
         raise EvalkitInputError(
             where,
-            f"threshold is {float(threshold)} (never set during training); "
-            f"{name} has no inference rule without it",
+            f"threshold is {float(threshold)} (never set during training); {name} has no inference rule without it",
         )
     return threshold.reshape(()).expand(d_sae).clone()
 
@@ -139,9 +134,7 @@ def _matryoshka(state: StateDict, trainer: dict[str, Any], where: Path) -> Conve
 
 def _jumprelu(state: StateDict, trainer: dict[str, Any], where: Path) -> Converted:
     name = str(trainer.get("trainer_class"))
-    sae_state = {
-        key: need(state, key, where, name) for key in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")
-    }
+    sae_state = {key: need(state, key, where, name) for key in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")}
     return {"architecture": "jumprelu", "apply_b_dec_to_input": False}, sae_state
 
 

@@ -28,9 +28,7 @@ def normalise_saelens_cfg(raw: dict[str, Any], where: Path) -> dict[str, Any]:
     except (KeyError, ValueError, TypeError) as exc:
         raise EvalkitInputError(where, f"invalid sae-lens config ({exc})") from exc
     metadata = dict(cfg.get("metadata") or {})
-    for (
-        key
-    ) in TOP_LEVEL_METADATA:  # some configs written by hand keep these at top level next to a 6.x version
+    for key in TOP_LEVEL_METADATA:  # some configs written by hand keep these at top level next to a 6.x version
         if metadata.get(key) is None and raw.get(key) is not None:
             metadata[key] = raw[key]
     if metadata.get("hook_name") is None and raw.get("hook_point") is not None:

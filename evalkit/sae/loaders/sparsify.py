@@ -31,9 +31,7 @@ def hook_name_of(hookpoint: str) -> str:
 
 def check_supported(raw: dict[str, Any], where: Path) -> None:
     if raw.get("activation", "topk") != "topk":
-        raise EvalkitInputError(
-            where, f"unsupported sparsify activation {raw.get('activation')!r} (only topk)"
-        )
+        raise EvalkitInputError(where, f"unsupported sparsify activation {raw.get('activation')!r} (only topk)")
     for flag in ("transcode", "skip_connection", "embed_skip", "gram_lookup"):
         if raw.get(flag):
             raise EvalkitInputError(where, f"unsupported sparsify option {flag}=true (not a plain SAE)")
