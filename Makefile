@@ -21,4 +21,5 @@ test: setup
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q
 
 lint: setup
+	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .

@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
-from evalkit.errors import EvalkitInputError
+from evalkit.core.errors import EvalkitInputError
 
 # USD per million (input, output) tokens; an estimate for the cost cap, not a bill. Override via
 # AutointerpConfig.prices.

@@ -12,8 +12,8 @@ from autointerp.client import LLMClient, LLMRequestError
 from autointerp.config import AutointerpConfig
 from autointerp.judges import content_hash, normalize_token, quote_token
 from autointerp.sampling import LatentExamples
-from evalkit.errors import EvalkitInputError
-from evalkit.registry import Registry
+from evalkit.core.errors import EvalkitInputError
+from evalkit.core.registry import Registry
 
 Decode = Callable[[list[int]], list[str]]
 """Token ids -> one display string per token (same length)."""

@@ -18,8 +18,8 @@ from typing import Protocol
 from autointerp import prompts
 from autointerp.client import LLMClient, LLMRequestError
 from autointerp.config import AutointerpConfig
-from evalkit.errors import EvalkitInputError
-from evalkit.registry import Registry
+from evalkit.core.errors import EvalkitInputError
+from evalkit.core.registry import Registry
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The runner seam: an observer (evalkit.runner.BatchObserver) that feeds one ExampleCollector per SAE.
+"""The runner seam: an observer (evalkit.engine.runner.BatchObserver) that feeds one ExampleCollector per SAE.
 
 The runner hands observers a SaeBatch of the *kept* tokens, flattened. Windows need sequences, so this adapter
 rebuilds them: a per-token sequence index in `batch.extras["seq_index"]` when the runner provides one (exact),
@@ -18,8 +18,8 @@ from autointerp.config import AutointerpConfig
 from autointerp.explainers import Decode
 from autointerp.pipeline import AutointerpResult, run_autointerp
 from autointerp.sampling import ExampleCollector, LatentExamples
-from evalkit.errors import EvalkitInputError
-from metrics.base import SaeBatch
+from evalkit.core.errors import EvalkitInputError
+from evalkit.core.records import SaeBatch
 
 SEQ_INDEX_KEY = "seq_index"
 

@@ -22,8 +22,8 @@ from autointerp.explainers import EXPLAINERS, Decode, Explanation
 from autointerp.judges import JUDGES, Judge
 from autointerp.sampling import LatentExamples
 from autointerp.scorers import SCORERS, Score
-from evalkit.errors import EvalkitInputError
-from metrics.base import MetricValue
+from evalkit.core.errors import EvalkitInputError
+from evalkit.core.records import MetricValue
 
 log = logging.getLogger(__name__)
 

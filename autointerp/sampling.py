@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from autointerp.config import AutointerpConfig
-from evalkit.batch import ActivationBatch
-from evalkit.errors import EvalkitInputError
+from evalkit.core.batch import ActivationBatch
+from evalkit.core.errors import EvalkitInputError
 
 log = logging.getLogger(__name__)
 

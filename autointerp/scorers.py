@@ -19,7 +19,7 @@ import numpy as np
 from autointerp.explainers import Decode
 from autointerp.judges import Judge, Snippet, Verdict
 from autointerp.sampling import LatentExamples, Window
-from evalkit.registry import Registry
+from evalkit.core.registry import Registry
 
 
 @dataclass(frozen=True)

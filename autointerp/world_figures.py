@@ -20,9 +20,10 @@ from transformers import PreTrainedTokenizerFast
 from autointerp.config import AutointerpConfig
 from autointerp.pipeline import CONTROL, run_autointerp
 from autointerp.sampling import ExampleCollector
-from evalkit.sae import LoadedSAE, load_saes
+from evalkit.sae.loaded import LoadedSAE
+from evalkit.sae.loaders.formats import load_saes
 from evalkit.sources.world_source import world_source
-from evalkit.world import World, build_world
+from evalkit.world.build import World, build_world
 from metrics.concepts import ALIGNED_F1, f1_matrix
 
 log = logging.getLogger(__name__)

@@ -29,11 +29,11 @@ from sae_lens.saes.sae import SAE, SAEMetadata
 from sae_lens.training.activation_scaler import ActivationScaler
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from evalkit.batch import ActivationBatch
-from evalkit.runconfig import DataSource, EvalSettings, SaeLike, handle_from_sae
-from evalkit.runner import Runner, load_metric_modules
-from evalkit.store import ResultStore
-from metrics.base import select_metrics
+from evalkit.core.batch import ActivationBatch
+from evalkit.engine.runconfig import DataSource, EvalSettings, SaeLike, handle_from_sae
+from evalkit.engine.runner import Runner
+from evalkit.engine.store import ResultStore
+from metrics.base import load_metric_modules, select_metrics
 
 log = logging.getLogger("bench_core")
 HOOK = "blocks.2.hook_resid_pre"

@@ -20,10 +20,9 @@ from pathlib import Path
 import torch
 from sae_lens import SAE
 
-from evalkit.sources import open_source
-from evalkit.world import build_world
-from evalkit.world.build import World
-from evalkit.world.cli import describe_world
+from evalkit.app.world_cli import describe_world
+from evalkit.sources.factory import open_source
+from evalkit.world.build import World, build_world
 from evalkit.world.zoo import build_zoo
 
 log = logging.getLogger("bench_world")

@@ -1,1 +1,2 @@
-import evalkit.sae  # noqa: F401,E402  (registers evalkit's SAE variants into sae-lens)
+"""evalkit: an evaluation harness for sparse autoencoders. Layers (README, "Architecture"): core → sae → metrics →
+world/sources → engine → autointerp/reports → app. Importing the package imports nothing else."""

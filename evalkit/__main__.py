@@ -1,5 +1,5 @@
 import sys
 
-from evalkit.cli import main
+from evalkit.app.cli import main
 
 sys.exit(main())

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from metrics.base import EvalContext, MetricValue, SaeBatch, stream_metric, weights_metric
+from evalkit.core.records import EvalContext, MetricValue, SaeBatch
+from metrics.base import stream_metric, weights_metric
 
 DECODER_BLOCK = 1024
 """Rows per block of the decoder Gram matrix: memory is DECODER_BLOCK × h floats, never h × h."""

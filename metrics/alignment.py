@@ -16,9 +16,10 @@ import torch
 from scipy import stats
 from sklearn.mixture import GaussianMixture
 
-from evalkit.errors import EvalkitInputError
-from evalkit.registry import Registry
-from metrics.base import EvalContext, MetricValue, weights_metric
+from evalkit.core.errors import EvalkitInputError
+from evalkit.core.records import EvalContext, MetricValue
+from evalkit.core.registry import Registry
+from metrics.base import weights_metric
 
 log = logging.getLogger(__name__)
 

@@ -14,71 +14,21 @@ exactly) and writes them to `DIR/<metric group>/<file_stem(sae_id)>.csv`, one fi
 
 from __future__ import annotations
 
+import importlib
+import logging
+import pkgutil
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-import torch
+from evalkit.core.errors import EvalkitInputError
+from evalkit.core.records import MetricValue, SaeBatch
+from evalkit.core.registry import Registry
 
-from evalkit.errors import EvalkitInputError
-from evalkit.registry import Registry
+log = logging.getLogger(__name__)
 
 MetricKind = Literal["stream", "weights", "group"]
 GROUPS = ("core", "downstream", "sparsity", "alignment", "norm", "afa", "stability", "concepts", "probing")
-
-
-@dataclass(frozen=True)
-class MetricValue:
-    """One number: SAE-level when `latent` is None, else for that latent."""
-
-    metric: str
-    value: float
-    latent: int | None = None
-
-
-@dataclass(frozen=True)
-class EvalContext:
-    """What the runner knows about the evaluation data before the metric pass (from its norm pre-pass)."""
-
-    median_norm: float
-    """Median ‖x_t‖ over evaluation tokens."""
-    norm_q25: float
-    norm_q75: float
-    """Quartile cuts of ‖x_t‖ over evaluation tokens (Q50 is median_norm)."""
-    n_tokens: int
-    """Evaluation tokens (after special-token and norm filtering)."""
-    label_names: tuple[str, ...] = ()
-    """Concept label names when the source has token labels."""
-    seed: int = 0
-    """Seed for any sampling a metric does (probe splits, subsampling)."""
-
-
-@dataclass
-class SaeBatch:
-    """One SAE applied to the kept tokens of one batch; computed once by the runner and shared by every metric."""
-
-    sae: Any
-    """The sae-lens SAE (evalkit variants included)."""
-    x_TD: torch.Tensor
-    """Kept tokens' raw activations [T, d_in], float32."""
-    x_hat_TD: torch.Tensor
-    """Reconstructions [T, d_in]."""
-    f_TF: torch.Tensor
-    """Codes [T, d_sae]."""
-    positions_T: torch.Tensor
-    """Position of each kept token in its sequence [T]."""
-    tokens_T: torch.Tensor | None = None
-    labels_TL: torch.Tensor | None = None
-    """0/1 labels [T, n_labels] when the source has them."""
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)
-    """Per-token values the runner computed for some metrics (e.g. downstream CE/KL), keyed by name."""
-    _norms_T: torch.Tensor | None = None
-
-    @property
-    def norms_T(self) -> torch.Tensor:
-        if self._norms_T is None:
-            self._norms_T = self.x_TD.norm(dim=-1)
-        return self._norms_T
 
 
 class StreamingMetric(Protocol):
@@ -181,6 +131,24 @@ def group_metric(
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a function `fn(saes: dict[str, SAE], ctx) -> dict[str, list[MetricValue]]` over a seed group."""
     return _register("group", name, group, produces, per_latent, requires, version)
+
+
+def load_metric_modules() -> list[str]:
+    """Import every module of the `metrics` package so its registrations run; returns the ones that failed."""
+    failed = []
+    for info in pkgutil.iter_modules(_metrics_package_path()):
+        try:
+            importlib.import_module(f"metrics.{info.name}")
+        except Exception as exc:  # a half-written metric module must not take the runner down; it is reported
+            log.warning("metric module metrics.%s failed to import: %s", info.name, exc)
+            failed.append(info.name)
+    return failed
+
+
+def _metrics_package_path() -> list[str]:
+    import metrics
+
+    return list(metrics.__path__)
 
 
 def select_metrics(selection: str, where: str = "--metrics") -> list[MetricSpec]:

@@ -3,15 +3,16 @@
 Per (latent, label) we stream the count of tokens where the latent fires and the label is present. F1 of
 "label present" as a predictor of "latent fires" is 2·TP / (n_label + n_fire). The best label per latent is
 emitted as its index (`concept_best_index`); the runner stores ctx.label_names in this metric's shard and
-reports.tables maps the index to features.csv's `concept_best` (the label's name) from there.
+evalkit.engine.outputs maps the index to features.csv's `concept_best` (the label's name) from there.
 """
 
 from __future__ import annotations
 
 import torch
 
-from evalkit.errors import EvalkitInputError
-from metrics.base import EvalContext, MetricValue, SaeBatch, stream_metric
+from evalkit.core.errors import EvalkitInputError
+from evalkit.core.records import EvalContext, MetricValue, SaeBatch
+from metrics.base import stream_metric
 
 ALIGNED_F1 = 0.5
 

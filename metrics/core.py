@@ -10,7 +10,8 @@ import math
 
 import torch
 
-from metrics.base import EvalContext, MetricValue, SaeBatch, stream_metric
+from evalkit.core.records import EvalContext, MetricValue, SaeBatch
+from metrics.base import stream_metric
 
 
 def _finite(values: list[MetricValue]) -> list[MetricValue]:

@@ -11,7 +11,8 @@ import math
 
 import torch
 
-from metrics.base import EvalContext, MetricValue, SaeBatch, stream_metric
+from evalkit.core.records import EvalContext, MetricValue, SaeBatch
+from metrics.base import stream_metric
 
 EXTRA_KEYS = ("ce_clean", "ce_sae", "ce_zero", "kl_sae", "kl_zero")
 """Per-token tensors [T] the runner must put in `SaeBatch.extras` for this group."""

@@ -19,9 +19,10 @@ from collections.abc import Callable
 
 import torch
 
-from evalkit.registry import Registry
+from evalkit.core.records import EvalContext, MetricValue, SaeBatch
+from evalkit.core.registry import Registry
 from metrics.alignment import LINEAR_ARCHITECTURES, architecture_of, cosine_params
-from metrics.base import EvalContext, MetricValue, SaeBatch, stream_metric, weights_metric
+from metrics.base import stream_metric, weights_metric
 
 MIN_FIRINGS = 20
 """Only latents with at least this many firings are classified as detectors."""

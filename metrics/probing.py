@@ -23,8 +23,9 @@ from scipy.sparse import csr_matrix, vstack
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
-from evalkit.errors import EvalkitInputError
-from metrics.base import EvalContext, MetricValue, SaeBatch, stream_metric
+from evalkit.core.errors import EvalkitInputError
+from evalkit.core.records import EvalContext, MetricValue, SaeBatch
+from metrics.base import stream_metric
 
 log = logging.getLogger(__name__)
 

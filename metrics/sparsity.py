@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from metrics.base import EvalContext, MetricValue, SaeBatch, stream_metric
+from evalkit.core.records import EvalContext, MetricValue, SaeBatch
+from metrics.base import stream_metric
 
 DENSE_THRESHOLD = 0.1
 """A latent firing on more than this share of tokens counts as dense (METRICS.md)."""

@@ -15,8 +15,9 @@ import logging
 import numpy as np
 import torch
 
-from evalkit.errors import EvalkitInputError
-from metrics.base import EvalContext, MetricValue, group_metric
+from evalkit.core.errors import EvalkitInputError
+from evalkit.core.records import EvalContext, MetricValue
+from metrics.base import group_metric
 from metrics.matching import match_dictionaries
 
 log = logging.getLogger(__name__)

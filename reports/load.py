@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from evalkit.errors import EvalkitInputError
-from reports.tables import RESULTS_COLUMNS, SAE_COLUMNS  # noqa: F401  (one definition of the contract's columns)
+from evalkit.core.errors import EvalkitInputError
+from evalkit.core.io import file_stem
+from evalkit.engine.outputs import SAE_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +62,6 @@ class RunTables:
 
     def source_dir(self, sae_id: str) -> Path:
         return Path(str(self.saes.loc[sae_id, "source_dir"]))
-
-
-def file_stem(sae_id: str) -> str:
-    """The file name evalkit uses for a per-SAE artefact: characters outside [A-Za-z0-9._-] become `_`."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", sae_id)
 
 
 def seed_stripped_id(sae_id: str) -> str:
@@ -120,7 +116,7 @@ def _read_run_json(run_dir: Path) -> dict[str, JsonValue]:
 
 
 def content_hashes(info: dict[str, JsonValue]) -> dict[str, str]:
-    """sae_id -> SAE content hash, from run.json's `saes` list (evalkit.run_cli writes `content_hash`)."""
+    """sae_id -> SAE content hash, from run.json's `saes` list (evalkit.app.run_cli writes `content_hash`)."""
     saes = info.get("saes")
     entries = saes if isinstance(saes, list) else []
     return {

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from evalkit.errors import EvalkitInputError
-from evalkit.registry import Registry
+from evalkit.core.errors import EvalkitInputError
+from evalkit.core.registry import Registry
 from reports.load import RunTables
 
 log = logging.getLogger(__name__)

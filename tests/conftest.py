@@ -11,7 +11,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-import evalkit  # noqa: E402,F401  (registers evalkit's variants into sae-lens)
+from evalkit.sae.registration import ensure_registered  # noqa: E402
+
+# Tests build sae-lens classes by architecture name directly (SAE.load_from_disk, TrainingSAE.from_dict).
+ensure_registered()
 
 # Tiny tensors run many times faster on one thread than on two contended cores.
 torch.set_num_threads(1)

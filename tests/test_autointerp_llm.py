@@ -1,4 +1,4 @@
-"""The LLM path against a real chat-completions server on 127.0.0.1 (tests/llm_server.py), faults included.
+"""The LLM path against a real chat-completions server on 127.0.0.1 (tests/helpers/llm_server.py), faults included.
 
 The server's "model" is a scripted rule: it names the most frequent highlighted word, and selects the snippets
 that contain (detection) or highlight (fuzzing) the described word. On the planted world that rule is right,
@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from llm_server import Fault, LLMServer
-from test_autointerp_baseline import N_PLANTED, VOCAB, decode, planted_examples
+from helpers.llm_server import Fault, LLMServer
+from helpers.planted_autointerp import N_PLANTED, VOCAB, decode, planted_examples
 
-from autointerp import CONTROL, AutointerpConfig, LLMClient, config_for_mode, prompts, run_autointerp
-from autointerp.client import LLMRequestError, _retry_after_seconds
+from autointerp import prompts
+from autointerp.client import LLMClient, LLMRequestError, _retry_after_seconds
+from autointerp.config import AutointerpConfig
+from autointerp.pipeline import CONTROL, config_for_mode, run_autointerp
 
 EXPLAIN_SYSTEM = prompts.explain_messages([])[0]["content"]
 FUZZING_SYSTEM = prompts.fuzzing_messages("", [])[0]["content"]

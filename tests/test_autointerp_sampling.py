@@ -7,7 +7,7 @@ import torch
 from autointerp.config import AutointerpConfig
 from autointerp.observer import SEQ_INDEX_KEY, AutointerpObserver
 from autointerp.sampling import ExampleCollector, LatentExamples
-from metrics.base import SaeBatch
+from evalkit.core.records import SaeBatch
 
 S = 64
 PEAK_POS = (5, 30, 55)  # pairwise > 2·window apart, so every planted peak can own a window

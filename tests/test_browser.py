@@ -19,7 +19,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from test_reports_fixture import PLOT_IDS, XSS, write_run_dir
+from helpers.report_fixture import PLOT_IDS, XSS, write_run_dir
 
 from reports.html import write_report
 

@@ -20,12 +20,11 @@ import torch
 from sae_lens import SAE
 from safetensors import safe_open
 
-from evalkit.cli import build_parser, main
-from evalkit.demo import DemoResult, run_arguments, run_demo
-from evalkit.run_cli import run_command
+from evalkit.app.cli import build_parser, main
+from evalkit.app.demo import DemoResult, run_arguments, run_demo
+from evalkit.app.run_cli import run_command
 from evalkit.sae.factory import make_sae
-from evalkit.world import World, build_world
-from evalkit.world.build import hook_activations
+from evalkit.world.build import World, build_world, hook_activations
 from evalkit.world.model import load_world_model
 
 RESULTS_COLUMNS = [

@@ -8,8 +8,8 @@ import pytest
 import torch
 from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
 
+from evalkit.core.records import EvalContext, MetricValue, SaeBatch
 from metrics.afa import AfaEpsilon, decoder_eps, decoder_eps_metric
-from metrics.base import EvalContext, MetricValue, SaeBatch
 
 CTX = EvalContext(median_norm=1.0, norm_q25=0.5, norm_q75=2.0, n_tokens=10)
 

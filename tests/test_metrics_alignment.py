@@ -9,8 +9,9 @@ import pytest
 import torch
 from sae_lens import GatedSAE, GatedSAEConfig, StandardSAE, StandardSAEConfig
 
+from evalkit.core.records import EvalContext, MetricValue
 from metrics.alignment import alignment_metric, alignment_scores, bimodality_coefficient, gmm_separation
-from metrics.base import METRICS, EvalContext, MetricValue
+from metrics.base import METRICS
 
 CTX = EvalContext(median_norm=4.0, norm_q25=3.0, norm_q75=5.0, n_tokens=100, seed=0)
 

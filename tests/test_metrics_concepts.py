@@ -7,7 +7,7 @@ import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 from sklearn.metrics import f1_score
 
-from metrics.base import EvalContext, MetricValue, SaeBatch
+from evalkit.core.records import EvalContext, MetricValue, SaeBatch
 from metrics.concepts import ConceptAlignment
 
 N_TOKENS = 300
@@ -63,7 +63,7 @@ def test_planted_concepts() -> None:
 
 
 def test_labels_required() -> None:
-    from evalkit.errors import EvalkitInputError
+    from evalkit.core.errors import EvalkitInputError
 
     sae = StandardSAE(StandardSAEConfig(d_in=4, d_sae=4))
     acc = ConceptAlignment(sae, CTX)

@@ -9,12 +9,13 @@ import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 
-from evalkit.batch import ActivationBatch
-from evalkit.errors import EvalkitInputError
-from evalkit.runconfig import DataSource, EvalSettings, handle_from_sae
-from evalkit.runner import Runner
-from evalkit.store import ResultStore
-from metrics.base import EvalContext, MetricValue, SaeBatch, select_metrics
+from evalkit.core.batch import ActivationBatch
+from evalkit.core.errors import EvalkitInputError
+from evalkit.core.records import EvalContext, MetricValue, SaeBatch
+from evalkit.engine.runconfig import DataSource, EvalSettings, handle_from_sae
+from evalkit.engine.runner import Runner
+from evalkit.engine.store import ResultStore
+from metrics.base import select_metrics
 from metrics.core import CodeSparsity, Reconstruction, Shrinkage
 from metrics.downstream import DownstreamLoss
 from metrics.sparsity import FeatureDensity

@@ -7,7 +7,7 @@ import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 from sklearn.metrics import roc_auc_score
 
-from metrics.base import EvalContext, MetricValue, SaeBatch
+from evalkit.core.records import EvalContext, MetricValue, SaeBatch
 from metrics.norm import (
     N_BINS,
     NormDetectors,

@@ -14,8 +14,8 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from evalkit.core.records import EvalContext, MetricValue, SaeBatch
 from metrics import probing
-from metrics.base import EvalContext, MetricValue, SaeBatch
 from metrics.probing import K_VALUES, MAX_PER_CLASS, TEST_SHARE, Reservoir, SparseProbing
 
 N_TOKENS, D_IN, D_SAE = 6000, 16, 32

@@ -9,7 +9,7 @@ from sae_lens import StandardSAE, StandardSAEConfig
 from scipy import integrate, stats
 from scipy.optimize import linear_sum_assignment
 
-from metrics.base import EvalContext, MetricValue
+from evalkit.core.records import EvalContext, MetricValue
 from metrics.matching import match_approx, match_dictionaries, match_exact, unit
 from metrics.stability import seed_stability
 

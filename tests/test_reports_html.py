@@ -8,10 +8,9 @@ import re
 from pathlib import Path
 
 import pandas as pd
-from test_reports_fixture import PLOT_IDS, SAES, XSS, write_run_dir
+from helpers.report_fixture import PLOT_IDS, SAES, XSS, write_run_dir
 
-from reports import write_report
-from reports.html import figure_json, plotly_bundle
+from reports.html import figure_json, plotly_bundle, write_report
 
 SECTIONS = (
     "summary",

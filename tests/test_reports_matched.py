@@ -1,4 +1,4 @@
-"""matched.csv on constructed families (tests/test_reports_fixture.py) with hand-computed values."""
+"""matched.csv on constructed families (tests/helpers/report_fixture.py) with hand-computed values."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_reports_fixture import SAES, write_run_dir
+from helpers.report_fixture import SAES, write_run_dir
 
-from evalkit.cli import main
-from evalkit.errors import EvalkitInputError
+from evalkit.app.cli import main
+from evalkit.core.errors import EvalkitInputError
 from reports.load import load_run
 from reports.matched import MATCHED_COLUMNS, OUT_OF_RANGE, build_families, compute_matched, parse_targets
 

@@ -14,16 +14,17 @@ import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 
-from evalkit.batch import ActivationBatch
-from evalkit.run_cli import run_info
-from evalkit.runconfig import DataSource, EvalSettings, SaeHandle, handle_from_sae
-from evalkit.runner import Runner, RunOutcome, load_metric_modules
-from evalkit.store import ResultStore
+from evalkit.app.run_cli import run_info
+from evalkit.core.batch import ActivationBatch
+from evalkit.core.io import file_stem
+from evalkit.engine.outputs import SaeOutput, write_outputs
+from evalkit.engine.runconfig import DataSource, EvalSettings, SaeHandle, handle_from_sae
+from evalkit.engine.runner import Runner, RunOutcome
+from evalkit.engine.store import ResultStore
 from metrics.afa import SAMPLE_TOKENS, TokenReservoir
-from metrics.base import select_metrics
-from reports import write_report
+from metrics.base import load_metric_modules, select_metrics
+from reports.html import write_report
 from reports.load import family_labels, load_run
-from reports.tables import SaeOutput, file_stem, write_outputs
 
 D, N_SEQ, SEQ = 4, 8, 6
 LABELS = ("noun", "verb,past", "punct")  # a comma, so the CSV must quote it

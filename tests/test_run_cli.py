@@ -21,7 +21,7 @@ from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 from safetensors.torch import save_file
 
-from evalkit.cli import main
+from evalkit.app.cli import main
 
 HOOK = "blocks.0.hook_resid_post"
 COLUMNS = [

@@ -7,10 +7,10 @@ import json
 
 import pandas as pd
 import pytest
-from test_autointerp_baseline import N_PLANTED, RARE_LATENT, decode, planted_examples
+from helpers.planted_autointerp import N_PLANTED, RARE_LATENT, decode, planted_examples
 
-from autointerp import config_for_mode, example_records, run_autointerp
-from evalkit.run_autointerp import recorded_latents
+from autointerp.pipeline import config_for_mode, example_records, run_autointerp
+from evalkit.app.run_autointerp import recorded_latents
 from reports.cards import CARDS_PER_SAE, _sample_latents, _windows
 
 

@@ -14,8 +14,8 @@ import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 
-from evalkit.cli import main
-from evalkit.sources import open_source
+from evalkit.app.cli import main
+from evalkit.sources.factory import open_source
 from evalkit.world.build import World, build_world
 
 N_TOKENS = 600

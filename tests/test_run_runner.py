@@ -12,11 +12,13 @@ import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 
-from evalkit.batch import ActivationBatch
-from evalkit.runconfig import DataSource, EvalSettings, SaeHandle, handle_from_sae
-from evalkit.runner import SEQ_INDEX_KEY, Runner, load_metric_modules
-from evalkit.store import ResultStore
-from metrics.base import EvalContext, MetricSpec, MetricValue, SaeBatch, select_metrics
+from evalkit.core.batch import ActivationBatch
+from evalkit.core.records import EvalContext, MetricValue, SaeBatch
+from evalkit.engine.runconfig import DataSource, EvalSettings, SaeHandle, handle_from_sae
+from evalkit.engine.runner import Runner
+from evalkit.engine.store import ResultStore
+from evalkit.engine.stream_pass import SEQ_INDEX_KEY
+from metrics.base import MetricSpec, load_metric_modules, select_metrics
 
 D_IN, N_SEQ, SEQ = 8, 6, 5
 
@@ -154,8 +156,8 @@ def test_no_prepass_when_nothing_needs_norms(tmp_path: Path) -> None:
 
 
 def test_explicit_seed_groups_by_path_or_id(tmp_path: Path) -> None:
-    from evalkit.errors import EvalkitInputError
-    from evalkit.runconfig import seed_groups
+    from evalkit.core.errors import EvalkitInputError
+    from evalkit.engine.runconfig import seed_groups
 
     saes = [replace(h, path=str(tmp_path / h.sae_id)) for h in three_saes()]
     groups = seed_groups(saes, [[str(tmp_path / "s0"), "s2"]])

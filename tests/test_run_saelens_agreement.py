@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from sae_lens.evals import EvalConfig, run_evals
-from sae_lens.training.activation_scaler import ActivationScaler
-from test_run_support import (
+from helpers.run_support import (
     HOOK,
     SPECIAL_IDS,
     handles,
@@ -23,6 +21,8 @@ from test_run_support import (
     trained_tiny_model,
     values_by_sae,
 )
+from sae_lens.evals import EvalConfig, run_evals
+from sae_lens.training.activation_scaler import ActivationScaler
 
 BATCH = 4
 REL = 1e-3

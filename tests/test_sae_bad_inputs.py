@@ -11,8 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from evalkit.errors import EvalkitInputError
-from evalkit.sae import load_saes
+from evalkit.core.errors import EvalkitInputError
 from evalkit.sae.factory import (
     dl_relu_state,
     dl_topk_state,
@@ -20,6 +19,7 @@ from evalkit.sae.factory import (
     write_dictionary_learning,
     write_sparsify,
 )
+from evalkit.sae.loaders.formats import load_saes
 
 
 @pytest.fixture(autouse=True)
@@ -179,8 +179,8 @@ def test_pretrained_offline_without_cache_is_a_clear_input_error(tmp_path, monke
 
 @pytest.mark.parametrize("case", ["nan", "wrong shape", "unknown architecture"])
 def test_cli_exits_2_on_bad_sae(case: str, tmp_path, capsys) -> None:
-    pytest.importorskip("evalkit.run_cli")
-    from evalkit.cli import main
+    pytest.importorskip("evalkit.app.run_cli")
+    from evalkit.app.cli import main
 
     breakage, file_name, problem = SAE_LENS_BREAKAGES[case]
     folder = saved(tmp_path)

@@ -16,7 +16,6 @@ import torch
 from sae_lens import SAE
 from safetensors.torch import save_file
 
-from evalkit.sae import load_saes
 from evalkit.sae.factory import (
     dl_batchtopk_state,
     dl_gated_state,
@@ -29,6 +28,7 @@ from evalkit.sae.factory import (
     write_sparsify,
 )
 from evalkit.sae.loaders.dictionary_learning import TRAINER_CLASSES
+from evalkit.sae.loaders.formats import load_saes
 
 D_IN, D_SAE = 16, 32
 
@@ -199,7 +199,7 @@ def test_global_and_per_feature_cosine_are_different_families(tmp_path) -> None:
 
 
 def test_every_registered_format_is_covered_above() -> None:
-    from evalkit.sae import FORMATS
+    from evalkit.sae.loaders.formats import FORMATS
 
     assert set(FORMATS) == {"sae-lens", "dictionary_learning", "sparsify"}
 

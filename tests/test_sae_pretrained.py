@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from evalkit.sae import load_saes
+from evalkit.sae.loaders.formats import load_saes
 
 RELEASE = "gpt2-small-res-jb"
 SAE_ID = "blocks.8.hook_resid_pre"

@@ -15,10 +15,11 @@ import torch
 from sae_lens.registry import get_sae_training_class
 from sae_lens.saes.sae import TrainingSAE, TrainStepInput
 
-from evalkit.sae import load_saes, score, topafa_k
 from evalkit.sae.factory import make_sae
+from evalkit.sae.loaders.formats import load_saes
+from evalkit.sae.score import score
 from evalkit.sae.training import afa_loss, unit_rows, update_batch_threshold
-from evalkit.sae.variants import UNSET_THRESHOLD, threshold_relu
+from evalkit.sae.variants import UNSET_THRESHOLD, threshold_relu, topafa_k
 
 
 @pytest.fixture(autouse=True)

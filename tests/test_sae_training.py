@@ -14,7 +14,9 @@ from sae_lens.registry import get_sae_training_class
 from sae_lens.saes.sae import TrainingSAE, TrainStepInput
 from sae_lens.training.sae_trainer import SAETrainer
 
-from evalkit.sae import AUX_K_COEFFICIENT, load_saes, score
+from evalkit.sae.loaders.formats import load_saes
+from evalkit.sae.score import score
+from evalkit.sae.training import AUX_K_COEFFICIENT
 from evalkit.sae.variants import threshold_relu
 
 D_IN, D_SAE, BATCH = 16, 48, 64

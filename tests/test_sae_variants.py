@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 from sae_lens import SAE
 
-from evalkit.sae import NotFoldableError, fold_decoder_norms, load_saes, score, topafa_k
 from evalkit.sae.factory import VARIANT_FACTORIES, make_sae
-from evalkit.sae.variants import CosineSAE, TopAFASAE
+from evalkit.sae.loaders.formats import load_saes
+from evalkit.sae.score import NotFoldableError, fold_decoder_norms, score
+from evalkit.sae.variants import CosineSAE, TopAFASAE, topafa_k
 
 VARIANTS = list(VARIANT_FACTORIES)
 D_IN, D_SAE, T = 16, 32, 24

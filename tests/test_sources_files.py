@@ -9,9 +9,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from evalkit.errors import EvalkitInputError
-from evalkit.sources import ActivationFileSource, LabelFile, LabelledSource, check_d_in, open_source
-from evalkit.sources.files import _Rows
+from evalkit.core.errors import EvalkitInputError
+from evalkit.sources.base import check_d_in
+from evalkit.sources.factory import open_source
+from evalkit.sources.files import ActivationFileSource, _Rows
+from evalkit.sources.labels import LabelFile, LabelledSource
 
 
 def _acts(n_seq: int = 6, seq_len: int = 4, d: int = 8) -> torch.Tensor:

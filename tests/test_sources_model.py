@@ -8,10 +8,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from evalkit.errors import EvalkitInputError
-from evalkit.sources import ModelSource, open_source
+from evalkit.core.errors import EvalkitInputError
 from evalkit.sources import text as text_module
-from evalkit.world import build_world
+from evalkit.sources.factory import open_source
+from evalkit.sources.models import ModelSource
+from evalkit.world.build import build_world
 from evalkit.world.corpus import BIT, CONCEPTS
 from evalkit.world.words import COLOURS
 

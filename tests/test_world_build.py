@@ -10,8 +10,8 @@ import pytest
 import torch
 from transformer_lens import HookedTransformer
 
-from evalkit.sources import load_model
-from evalkit.world import build_world
+from evalkit.sources.models import load_model
+from evalkit.world.build import build_world
 from evalkit.world.cache import MANIFEST, cache_root, entry_is_valid
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from sae_lens import SAE
 
-from evalkit.world import build_world
+from evalkit.world.build import build_world
 from evalkit.world.zoo import ZOO_SIZES, ZooEntry, activation_scale, train_one, training_tokens, zoo_entries
 
 # Architectures whose training forward pass equals the inference one (batch top-k differs by design).
@@ -113,7 +113,7 @@ def test_zoo_entry_is_plain_data() -> None:
 @pytest.mark.slow
 def test_default_world_and_zoo() -> None:
     """The full-size world and zoo (minutes; cached under EVALKIT_CACHE or ~/.cache/evalkit)."""
-    from evalkit.world import build_zoo
+    from evalkit.world.zoo import build_zoo
 
     world = build_world(size="default")
     history = world.info["history"]
@@ -131,8 +131,8 @@ def test_default_world_and_zoo() -> None:
 
 
 def test_small_zoo_builds_are_bit_identical(world, tmp_path) -> None:
-    from evalkit.world import build_zoo
     from evalkit.world.cache import MANIFEST
+    from evalkit.world.zoo import build_zoo
 
     def content(root):
         files = json.loads((root / MANIFEST).read_text())["files"]
@@ -154,7 +154,8 @@ def test_ordinary_mask_hand_case() -> None:
 
 
 def test_norm_cap_trains_on_ordinary_tokens_and_changes_the_cache_key(world, tmp_path, monkeypatch) -> None:
-    from evalkit.world import build_zoo, zoo
+    from evalkit.world import zoo
+    from evalkit.world.zoo import build_zoo
 
     one_step = replace(ZOO_SIZES["small"], steps=1)
     monkeypatch.setitem(zoo.ZOO_SIZES, "one", one_step)
@@ -174,7 +175,8 @@ def test_norm_cap_trains_on_ordinary_tokens_and_changes_the_cache_key(world, tmp
 
 def test_an_edited_recipe_is_a_new_cache_entry(world, tmp_path, monkeypatch) -> None:
     """Changing one entry's parameters (not the zoo size) must not reuse the zoo trained with the old recipe."""
-    from evalkit.world import build_zoo, zoo
+    from evalkit.world import zoo
+    from evalkit.world.zoo import build_zoo
 
     monkeypatch.setitem(zoo.ZOO_SIZES, "one", replace(ZOO_SIZES["small"], steps=1))
     before = build_zoo(world, cache_dir=tmp_path, size="one")

@@ -18,7 +18,8 @@ from sae_lens.saes.sae import SAE
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from evalkit.errors import EvalkitInputError
+from evalkit.core.errors import EvalkitInputError
+from evalkit.sae.registration import ensure_registered
 
 StateDict = dict[str, torch.Tensor]
 
@@ -58,6 +59,7 @@ def read_torch_state(path: Path) -> StateDict:
 
 
 def sae_class_for(architecture: str, where: Path | str) -> tuple[type[SAE[Any]], type[Any]]:
+    ensure_registered()
     if architecture not in SAE_CLASS_REGISTRY:
         close = difflib.get_close_matches(architecture, list(SAE_CLASS_REGISTRY), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(sorted(SAE_CLASS_REGISTRY))}"

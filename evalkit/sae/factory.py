@@ -22,7 +22,7 @@ from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
 from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
 from safetensors.torch import save_file
 
-from evalkit.registry import Registry
+from evalkit.core.registry import Registry
 from evalkit.sae.training import aligned_weights
 from evalkit.sae.variants import CosineSAE, CosineSAEConfig, TopAFASAE, TopAFASAEConfig
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from sae_lens.saes.sae import SAE
 
-from evalkit.identity import JsonValue, stable_hash, state_dict_hash
+from evalkit.core.identity import JsonValue, stable_hash, state_dict_hash
 
 # Keys that vary between runs of one configuration, or describe where a copy lives; dropped at every nesting
 # level.

@@ -11,8 +11,8 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from evalkit.batch import ActivationBatch
-from evalkit.errors import EvalkitInputError
+from evalkit.core.batch import ActivationBatch
+from evalkit.core.errors import EvalkitInputError
 
 DEFAULT_BATCH_TOKENS = 4096
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from evalkit.errors import EvalkitInputError
+from evalkit.core.errors import EvalkitInputError
 from evalkit.sources.base import (
     DEFAULT_BATCH_TOKENS,
     ActivationSource,

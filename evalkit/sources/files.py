@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from evalkit.batch import ActivationBatch
-from evalkit.errors import EvalkitInputError
+from evalkit.core.batch import ActivationBatch
+from evalkit.core.errors import EvalkitInputError
 from evalkit.sources.base import DEFAULT_BATCH_TOKENS, SourceInfo, file_identity, seqs_per_batch, special_mask
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from evalkit.batch import ActivationBatch
-from evalkit.errors import EvalkitInputError
+from evalkit.core.batch import ActivationBatch
+from evalkit.core.errors import EvalkitInputError
 from evalkit.sources.base import ActivationSource, SourceInfo, file_identity
 
 

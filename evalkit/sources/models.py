@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from transformer_lens import HookedTransformer
 
-from evalkit.batch import ActivationBatch
-from evalkit.errors import EvalkitInputError
-from evalkit.registry import Registry
+from evalkit.core.batch import ActivationBatch
+from evalkit.core.errors import EvalkitInputError
+from evalkit.core.registry import Registry
 from evalkit.sources.base import SourceInfo, positions_like, special_mask
 from evalkit.world.model import is_world_model_folder, load_world_model
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from evalkit.errors import EvalkitInputError
+from evalkit.core.errors import EvalkitInputError
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import PreTrainedTokenizerFast
 
-from evalkit.errors import EvalkitInputError
+from evalkit.core.errors import EvalkitInputError
 from evalkit.world.cache import cache_root, cached_entry, config_hash
 from evalkit.world.corpus import CONCEPTS, generate_corpus, labels_bool, unigram_entropy
 from evalkit.world.model import ModelSpec, load_world_model, save_model, train_model

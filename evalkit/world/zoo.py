@@ -23,7 +23,7 @@ import torch
 from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE
 from safetensors.torch import load_file, save_file
 
-import evalkit  # noqa: F401  (registers evalkit's variants into sae-lens)
+from evalkit.sae.registration import ensure_registered
 from evalkit.sae.training_unit import CALIBRATION_BATCHES, calibrate_batch_threshold
 from evalkit.world.build import World
 from evalkit.world.cache import cache_root, cached_entry
@@ -214,6 +214,7 @@ def train_one(
     from sae_lens.saes.sae import SAEMetadata
     from sae_lens.training.sae_trainer import SAETrainer
 
+    ensure_registered()
     sae_cls, cfg_cls = get_sae_training_class(entry.architecture)
     d_in = acts_ND.shape[-1]
     metadata = SAEMetadata(

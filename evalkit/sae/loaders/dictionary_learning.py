@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from sae_lens.saes.sae import SAE
 
-from evalkit.errors import EvalkitInputError
-from evalkit.registry import Registry
+from evalkit.core.errors import EvalkitInputError
+from evalkit.core.registry import Registry
 from evalkit.sae.build import StateDict, build_sae, read_json, read_torch_state
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from typing import Any
 from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 from sae_lens.saes.sae import SAE
 
-from evalkit.errors import EvalkitInputError
+from evalkit.core.errors import EvalkitInputError
 from evalkit.sae.build import check_finite
 
 PREFIX = "sae-lens:"

@@ -10,7 +10,7 @@ from sae_lens.constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
 from sae_lens.loading.pretrained_sae_loaders import handle_config_defaulting
 from sae_lens.saes.sae import SAE
 
-from evalkit.errors import EvalkitInputError
+from evalkit.core.errors import EvalkitInputError
 from evalkit.sae.build import build_sae, read_json, read_safetensors, sae_class_for
 
 MARKERS = (SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME)

@@ -14,7 +14,7 @@ from typing import Any
 
 from sae_lens.saes.sae import SAE
 
-from evalkit.errors import EvalkitInputError
+from evalkit.core.errors import EvalkitInputError
 from evalkit.sae.build import build_sae, read_json, read_safetensors
 from evalkit.sae.loaders.dictionary_learning import need
 

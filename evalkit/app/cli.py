@@ -12,12 +12,12 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from evalkit.errors import EvalkitInputError
+from evalkit.core.errors import EvalkitInputError
 
 log = logging.getLogger("evalkit")
 
 # Modules that contribute subcommands, in the order `--help` lists them. A module that does not exist yet is skipped.
-COMMAND_MODULES = ("evalkit.run_cli", "reports.cli", "evalkit.world.cli", "evalkit.demo")
+COMMAND_MODULES = ("evalkit.app.run_cli", "evalkit.app.report_cli", "evalkit.app.world_cli", "evalkit.app.demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,12 +15,12 @@ from typing import Protocol
 import torch
 from tqdm.auto import tqdm
 
-from evalkit.batch import ActivationBatch
-from evalkit.passes import HookData, PassStats, TokenFilter, check_batch
-from evalkit.runconfig import EvalSettings, SaeLike
-from evalkit.splice import PatchScorer, Splicer
-from evalkit.store import ResultKey
-from metrics.base import SaeBatch, StreamingMetric
+from evalkit.core.batch import ActivationBatch
+from evalkit.core.records import ResultKey, SaeBatch
+from evalkit.engine.passes import HookData, PassStats, TokenFilter, check_batch
+from evalkit.engine.runconfig import EvalSettings, SaeLike
+from evalkit.engine.splice import PatchScorer, Splicer
+from metrics.base import StreamingMetric
 from metrics.downstream import EXTRA_KEYS
 
 SEQ_INDEX_KEY = "seq_index"

@@ -9,69 +9,13 @@ runs byte-identical.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
-from evalkit.identity import JsonValue
-from metrics.base import MetricValue
+from evalkit.core.identity import JsonValue
+from evalkit.core.io import atomic_write_text
+from evalkit.core.records import MetricValue, ResultKey, SampleTable, Shard
 
 CACHE_DIRNAME = ".evalkit-cache"
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_current_umask()  # mkstemp creates 0600 files; outputs should read like any other file
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and os.replace: readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-@dataclass(frozen=True)
-class ResultKey:
-    """The identity of one cached result."""
-
-    sae_hash: str
-    entry: str
-    config_hash: str
-
-
-@dataclass(frozen=True)
-class SampleTable:
-    """A metric's per-token sample (metrics.base.SamplingMetric), written to DIR/<folder>/<stem>.csv."""
-
-    folder: str
-    columns: dict[str, tuple[float, ...]]
-
-
-@dataclass(frozen=True)
-class Shard:
-    """The values one metric entry produced for one SAE, with the token count they rest on."""
-
-    key: ResultKey
-    values: tuple[MetricValue, ...]
-    n_tokens: int
-    computed_at_ms: int
-    """When the values were first computed (kept on reuse, so reports built from a cache do not change)."""
-    label_names: tuple[str, ...] = ()
-    """The label names the values' label indices refer to (metrics that need labels), as at compute time."""
-    samples: SampleTable | None = None
 
 
 class ResultStore:

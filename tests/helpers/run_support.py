@@ -14,11 +14,11 @@ from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
 from sae_lens.saes.sae import SAE, SAEMetadata
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from evalkit.batch import ActivationBatch
-from evalkit.runconfig import DataSource, EvalSettings, SaeHandle, handle_from_sae
-from evalkit.runner import Runner, RunOutcome, load_metric_modules
-from evalkit.store import ResultStore
-from metrics.base import select_metrics
+from evalkit.core.batch import ActivationBatch
+from evalkit.engine.runconfig import DataSource, EvalSettings, SaeHandle, handle_from_sae
+from evalkit.engine.runner import Runner, RunOutcome
+from evalkit.engine.store import ResultStore
+from metrics.base import load_metric_modules, select_metrics
 
 HOOK = "blocks.1.hook_resid_pre"
 SPECIAL_IDS = (0, 1)  # 0 = BOS, 1 = PAD in the tests' token streams

@@ -14,17 +14,17 @@ import csv
 import io
 import json
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import version
 from pathlib import Path
 
 import pandas as pd
 
-from evalkit.identity import JsonValue, stable_hash
-from evalkit.runconfig import SaeLike
-from evalkit.store import Shard, atomic_write_text
+from evalkit.core.identity import JsonValue, stable_hash
+from evalkit.core.io import atomic_write_text, evalkit_version, file_stem
+from evalkit.core.records import Shard
+from evalkit.engine.runconfig import SaeLike
 
 RESULTS_COLUMNS = (
     "sae_id",
@@ -77,18 +77,6 @@ SAEBENCH_CATEGORIES: dict[str, tuple[tuple[str, str], ...]] = {
         ("dense_features", "dense_features"),
     ),
 }
-
-
-def evalkit_version() -> str:
-    try:
-        return version("evalkit")
-    except PackageNotFoundError:
-        return "0.0.0+unknown"
-
-
-def file_stem(sae_id: str) -> str:
-    """Characters outside [A-Za-z0-9._-] become `_` (the same rule reports.load uses)."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", sae_id)
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,8 @@ the store is reused.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
-import pkgutil
 import signal
 import time
 from collections.abc import Sequence
@@ -20,20 +18,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-import metrics
-from evalkit.errors import EvalkitInputError
-from evalkit.identity import JsonValue, stable_hash
-from evalkit.passes import (
-    HookData,
-    data_stats,
-    norm_prepass,
-    provisional_hook_data,
-    with_data_stats,
-)
-from evalkit.runconfig import DataSource, EvalSettings, SaeLike, seed_groups
-from evalkit.store import ResultKey, ResultStore, SampleTable, Shard
-from evalkit.stream_pass import SEQ_INDEX_KEY, BatchObserver, SaeState, stream_pass
-from metrics.base import EvalContext, MetricSpec, StreamingMetric
+from evalkit.core.errors import EvalkitInputError
+from evalkit.core.identity import JsonValue, stable_hash
+from evalkit.core.records import EvalContext, ResultKey, SampleTable, Shard
+from evalkit.engine.passes import HookData, data_stats, norm_prepass, provisional_hook_data, with_data_stats
+from evalkit.engine.runconfig import DataSource, EvalSettings, SaeLike, seed_groups
+from evalkit.engine.store import ResultStore
+from evalkit.engine.stream_pass import SEQ_INDEX_KEY, BatchObserver, SaeState, stream_pass
+from metrics.base import MetricSpec, StreamingMetric
 
 log = logging.getLogger(__name__)
 
@@ -45,23 +37,10 @@ __all__ = [
     "SaeResult",
     "SkipNote",
     "context_for",
-    "load_metric_modules",
 ]
 
 NORM_FREE_GROUPS = frozenset({"core", "downstream", "sparsity"})
 """Metric groups that never read the EvalContext's norm statistics (so need no pre-pass)."""
-
-
-def load_metric_modules() -> list[str]:
-    """Import every module of the `metrics` package so its registrations run; returns the ones that failed."""
-    failed = []
-    for info in pkgutil.iter_modules(metrics.__path__):
-        try:
-            importlib.import_module(f"metrics.{info.name}")
-        except Exception as exc:  # a half-written metric module must not take the runner down; it is reported
-            log.warning("metric module metrics.%s failed to import: %s", info.name, exc)
-            failed.append(info.name)
-    return failed
 
 
 @dataclass

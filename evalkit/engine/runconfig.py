@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from evalkit.batch import ActivationBatch
-from evalkit.errors import EvalkitInputError
-from evalkit.identity import JsonValue, stable_hash, state_dict_hash
+from evalkit.core.batch import ActivationBatch
+from evalkit.core.errors import EvalkitInputError
+from evalkit.core.identity import JsonValue, stable_hash, state_dict_hash
 
 
 @dataclass(frozen=True)

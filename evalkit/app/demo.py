@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from evalkit.world import SIZES, World, build_world
+from evalkit.world.build import SIZES, World, build_world
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +62,14 @@ def demo_command(args: argparse.Namespace) -> int:
 
 def build_demo_zoo(world: World, cache_dir: Path | str | None = None) -> Path:
     """The zoo folder for `world` (built or cached); the zoo's size follows the world's."""
-    from evalkit.world import build_zoo  # lazy: it pulls in sae-lens training code
+    from evalkit.world.zoo import build_zoo
 
     return Path(build_zoo(world, cache_dir=cache_dir))
 
 
 def run_arguments(out_dir: Path, zoo_dir: Path, world: World, force: bool = False) -> argparse.Namespace:
     """The `evalkit run` arguments the demo stands for, parsed by the run command's own parser."""
-    from evalkit import run_cli
+    from evalkit.app import run_cli
 
     parser = argparse.ArgumentParser(prog="evalkit")
     run_cli.add_commands(parser.add_subparsers(dest="command"))
@@ -98,8 +98,8 @@ def run_demo(
 
     `zoo_dir` evaluates an existing folder of SAEs trained on this world instead of building the zoo.
     """
-    from evalkit.run_cli import run_command
-    from reports import write_report
+    from evalkit.app.run_cli import run_command
+    from reports.html import write_report
 
     out = Path(out_dir)
     timings: dict[str, float] = {}

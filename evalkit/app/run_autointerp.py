@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from evalkit.identity import stable_hash
-from evalkit.runconfig import DataSource, EvalSettings, SaeLike
-from evalkit.store import ResultKey, ResultStore, Shard, atomic_write_text
-from reports.tables import file_stem
+from evalkit.core.identity import stable_hash
+from evalkit.core.io import atomic_write_text, file_stem
+from evalkit.core.records import ResultKey, Shard
+from evalkit.engine.runconfig import DataSource, EvalSettings, SaeLike
+from evalkit.engine.store import ResultStore
 
 if TYPE_CHECKING:
     from autointerp.pipeline import AutointerpResult

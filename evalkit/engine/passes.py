@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from evalkit.batch import ActivationBatch
-from evalkit.errors import EvalkitInputError
-from evalkit.identity import DataFingerprint, JsonValue
-from evalkit.runconfig import DataSource, EvalSettings, SaeLike
-from metrics.base import EvalContext
+from evalkit.core.batch import ActivationBatch
+from evalkit.core.errors import EvalkitInputError
+from evalkit.core.identity import DataFingerprint, JsonValue
+from evalkit.core.records import EvalContext
+from evalkit.engine.runconfig import DataSource, EvalSettings, SaeLike
 
 
 @dataclass

@@ -6,7 +6,7 @@ import difflib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from evalkit.errors import EvalkitInputError
+from evalkit.core.errors import EvalkitInputError
 
 T = TypeVar("T")
 

@@ -11,15 +11,16 @@ from pathlib import Path
 import torch
 from threadpoolctl import threadpool_limits
 
-from evalkit.errors import EvalkitInputError
-from evalkit.identity import JsonValue
-from evalkit.run_autointerp import AutointerpStage
-from evalkit.runconfig import DataSource, EvalSettings, SaeLike, seed_groups
-from evalkit.runner import Runner, RunOutcome, context_for, load_metric_modules
+from evalkit.app.run_autointerp import AutointerpStage
+from evalkit.core.errors import EvalkitInputError
+from evalkit.core.identity import JsonValue
+from evalkit.core.io import atomic_write_text, evalkit_version
+from evalkit.engine.outputs import SaeOutput, write_outputs
+from evalkit.engine.runconfig import DataSource, EvalSettings, SaeLike, seed_groups
+from evalkit.engine.runner import Runner, RunOutcome, context_for
+from evalkit.engine.store import ResultStore
 from evalkit.sources.base import DEFAULT_BATCH_TOKENS, ActivationSource
-from evalkit.store import ResultStore, atomic_write_text
-from metrics.base import GROUPS, MetricSpec, select_metrics
-from reports.tables import SaeOutput, evalkit_version, write_outputs
+from metrics.base import GROUPS, MetricSpec, load_metric_modules, select_metrics
 
 log = logging.getLogger(__name__)
 DTYPES = {
@@ -139,7 +140,7 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
 
 
 def load_all_saes(paths: Sequence[str], fmt: str | None, device: str, dtype: str) -> list[SaeLike]:
-    from evalkit.sae import load_saes
+    from evalkit.sae.loaders.formats import load_saes
 
     saes: list[SaeLike] = []
     seen: dict[str, str] = {}
@@ -180,7 +181,7 @@ def resolve_sources(args: argparse.Namespace, saes: Sequence[SaeLike]) -> tuple[
     """The data for each hook and the hook each SAE is evaluated at, in CONTRACT.md's order of precedence:
     --activations, then a model (--model/--hook/--dataset, defaults from the SAE configs), then the embedded
     world."""
-    from evalkit.sources import open_source
+    from evalkit.sources.factory import open_source
 
     # Ask the source for headroom: --tokens counts evaluation tokens, after special tokens are dropped; the
     # runner stops reading once it has them, so the extra is never computed.

@@ -1,0 +1,95 @@
+"""The records every layer shares: a metric's value, what the runner tells metrics, one SAE on one batch, and
+the identity and content of one cached result. Plain data; importing this pulls in nothing of evalkit but torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class MetricValue:
+    """One number: SAE-level when `latent` is None, else for that latent."""
+
+    metric: str
+    value: float
+    latent: int | None = None
+
+
+@dataclass(frozen=True)
+class EvalContext:
+    """What the runner knows about the evaluation data before the metric pass (from its norm pre-pass)."""
+
+    median_norm: float
+    """Median ‖x_t‖ over evaluation tokens."""
+    norm_q25: float
+    norm_q75: float
+    """Quartile cuts of ‖x_t‖ over evaluation tokens (Q50 is median_norm)."""
+    n_tokens: int
+    """Evaluation tokens (after special-token and norm filtering)."""
+    label_names: tuple[str, ...] = ()
+    """Concept label names when the source has token labels."""
+    seed: int = 0
+    """Seed for any sampling a metric does (probe splits, subsampling)."""
+
+
+@dataclass
+class SaeBatch:
+    """One SAE applied to the kept tokens of one batch; computed once by the runner and shared by every metric."""
+
+    sae: Any
+    """The sae-lens SAE (evalkit variants included)."""
+    x_TD: torch.Tensor
+    """Kept tokens' raw activations [T, d_in], float32."""
+    x_hat_TD: torch.Tensor
+    """Reconstructions [T, d_in]."""
+    f_TF: torch.Tensor
+    """Codes [T, d_sae]."""
+    positions_T: torch.Tensor
+    """Position of each kept token in its sequence [T]."""
+    tokens_T: torch.Tensor | None = None
+    labels_TL: torch.Tensor | None = None
+    """0/1 labels [T, n_labels] when the source has them."""
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Per-token values the runner computed for some metrics (e.g. downstream CE/KL), keyed by name."""
+    _norms_T: torch.Tensor | None = None
+
+    @property
+    def norms_T(self) -> torch.Tensor:
+        if self._norms_T is None:
+            self._norms_T = self.x_TD.norm(dim=-1)
+        return self._norms_T
+
+
+@dataclass(frozen=True)
+class ResultKey:
+    """The identity of one cached result."""
+
+    sae_hash: str
+    entry: str
+    config_hash: str
+
+
+@dataclass(frozen=True)
+class SampleTable:
+    """A metric's per-token sample (metrics.base.SamplingMetric), written to DIR/<folder>/<stem>.csv."""
+
+    folder: str
+    columns: dict[str, tuple[float, ...]]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """The values one metric entry produced for one SAE, with the token count they rest on."""
+
+    key: ResultKey
+    values: tuple[MetricValue, ...]
+    n_tokens: int
+    computed_at_ms: int
+    """When the values were first computed (kept on reuse, so reports built from a cache do not change)."""
+    label_names: tuple[str, ...] = ()
+    """The label names the values' label indices refer to (metrics that need labels), as at compute time."""
+    samples: SampleTable | None = None

@@ -1,0 +1,1 @@
+"""Shared test helpers (fixtures, planted data, a local LLM server); not test modules themselves."""
