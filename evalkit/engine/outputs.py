@@ -14,9 +14,10 @@ import csv
 import io
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import pandas as pd
@@ -25,6 +26,7 @@ from evalkit.core.identity import JsonValue, stable_hash
 from evalkit.core.io import atomic_write_text, evalkit_version, file_stem
 from evalkit.core.records import Shard
 from evalkit.engine.runconfig import SaeLike
+from evalkit.engine.saebench import SaeBenchInputs, core_eval_output, missing_inputs
 
 RESULTS_COLUMNS = (
     "sae_id",
@@ -47,37 +49,6 @@ FEATURES_PARQUET_ROWS = 1_000_000
 """features.csv becomes features.parquet above this many (SAE, latent) rows."""
 LABEL_INDEX_COLUMNS = {"concept_best_index": "concept_best"}
 """Per-latent metrics holding an index into the run's label names -> the features.csv column of names."""
-
-# SAEBench core-eval categories -> (their key, our metric) pairs.
-SAEBENCH_CATEGORIES: dict[str, tuple[tuple[str, str], ...]] = {
-    "model_behavior_preservation": (
-        ("kl_div_score", "kl_div_score"),
-        ("kl_div_with_ablation", "kl_div_zero_ablation"),
-        ("kl_div_with_sae", "kl_div_sae"),
-    ),
-    "model_performance_preservation": (
-        ("ce_loss_score", "ce_loss_score"),
-        ("ce_loss_with_ablation", "ce_loss_zero_ablation"),
-        ("ce_loss_with_sae", "ce_loss_sae"),
-        ("ce_loss_without_sae", "ce_loss_clean"),
-    ),
-    "reconstruction_quality": (
-        ("explained_variance", "explained_variance"),
-        ("explained_variance_legacy", "explained_variance_legacy"),
-        ("explained_variance_saebench", "explained_variance_saebench"),
-        ("fvu", "fvu"),
-        ("mse", "mse"),
-        ("cossim", "cossim"),
-    ),
-    "shrinkage": (("l2_ratio", "l2_ratio"), ("relative_reconstruction_bias", "relative_reconstruction_bias")),
-    "sparsity": (("l0", "l0"), ("l1", "l1")),
-    "misc": (
-        ("frac_alive", "frac_alive"),
-        ("dead_features", "dead_features"),
-        ("dense_features", "dense_features"),
-    ),
-}
-
 
 @dataclass(frozen=True)
 class SaeOutput:
@@ -188,44 +159,74 @@ def _write_samples(out_dir: Path, o: SaeOutput) -> None:
         atomic_write_text(path, _csv_text(names, rows))
 
 
-def saebench_core_json(o: SaeOutput, eval_config: dict[str, JsonValue]) -> dict[str, JsonValue]:
-    """The SAEBench core-eval result shape; `explained_variance` holds evalkit's honest (1 − fvu) value."""
-    level = _sae_level(o)
-    metrics: dict[str, JsonValue] = {}
-    for category, pairs in SAEBENCH_CATEGORIES.items():
-        present = {theirs: level[ours] for theirs, ours in pairs if ours in level}
-        if present:
-            metrics[category] = present
-    n_tokens = max((sh.n_tokens for sh in o.shards), default=0)
-    metrics["token_stats"] = {
-        "total_tokens_eval_reconstruction": n_tokens,
-        "total_tokens_eval_sparsity_variance": n_tokens,
-    }
-    density = sorted(
-        (v.latent, v.value)
-        for sh in o.shards
-        for v in sh.values
-        if v.metric == "feature_density" and v.latent is not None
-    )
+def _context_size(description: dict[str, JsonValue], settings: dict[str, JsonValue]) -> int:
+    """Tokens per sequence, from the settings or the source's description (0 when unknown)."""
+    for value in (settings.get("seq_len"), description.get("seq_len")):
+        if isinstance(value, int) and value > 0:
+            return value
+    shape = description.get("shape")
+    if isinstance(shape, str) and shape.startswith("["):
+        dims = json.loads(shape)
+        return int(dims[1]) if len(dims) == 3 else 1
+    found = re.search(r"n_seq=(\d+)", str(description.get("fingerprint", "")))
+    n_tokens = description.get("n_tokens")
+    if found and isinstance(n_tokens, int) and int(found.group(1)) > 0:
+        return n_tokens // int(found.group(1))
+    return 0
+
+
+def saebench_inputs(o: SaeOutput, eval_config: dict[str, JsonValue], source: dict[str, JsonValue]) -> SaeBenchInputs:
+    """What evalkit.engine.saebench needs for one SAE, from its shards, the run's settings and its source's record."""
+    per_latent: dict[str, dict[int, float]] = {}
+    for sh in o.shards:
+        for v in sh.values:
+            if v.latent is not None:
+                per_latent.setdefault(v.metric, {})[v.latent] = float(v.value)
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     when = int(epoch) * 1000 if epoch else max((sh.computed_at_ms for sh in o.shards), default=0)
     h = o.handle
-    cfg = getattr(h, "cfg", None) or {}
-    return {
-        "eval_type_id": "core",
-        "eval_config": eval_config,
-        "eval_id": stable_hash({"sae": h.content_hash, "configs": [sh.key.config_hash for sh in o.shards]}, 32),
-        "datetime_epoch_millis": when,
-        "eval_result_metrics": metrics,
-        "eval_result_details": [{"index": lat, "feature_density": d} for lat, d in density],
-        "eval_result_unstructured": None,
-        "sae_bench_commit_hash": None,
-        "sae_lens_id": h.sae_id,
-        "sae_lens_release_id": None,
-        "sae_lens_version": version("sae_lens"),
-        "evalkit_version": evalkit_version(),
-        "sae_cfg_dict": json.loads(json.dumps(cfg, default=str)),
-    }
+    description = source.get("description")
+    description = description if isinstance(description, dict) else {}
+    tokens_read = source.get("n_tokens_read")
+    n_tokens = max((sh.n_tokens for sh in o.shards), default=0)
+    dataset = eval_config.get("dataset") or eval_config.get("activations") or description.get("name") or "unknown"
+    try:
+        lens_version: str | None = version("sae_lens")
+    except PackageNotFoundError:
+        lens_version = None
+    return SaeBenchInputs(
+        sae_id=h.sae_id,
+        sae_level=_sae_level(o),
+        per_latent=per_latent,
+        d_sae=int(h.d_sae),
+        tokens_read=int(tokens_read) if isinstance(tokens_read, int) else n_tokens,
+        tokens_evaluated=n_tokens,
+        context_size=_context_size({**description, "fingerprint": source.get("fingerprint")}, eval_config),
+        batch_tokens=int(eval_config.get("batch_size") or 0),  # type: ignore[arg-type]
+        dataset=str(dataset),
+        model_name=str(eval_config.get("model_name") or description.get("model") or ""),
+        exclude_special=bool(eval_config.get("exclude_special", True)),
+        eval_id=stable_hash({"sae": h.content_hash, "configs": [sh.key.config_hash for sh in o.shards]}, 32),
+        datetime_epoch_millis=when,
+        sae_lens_version=lens_version,
+        evalkit_version=evalkit_version(),
+        sae_cfg=json.loads(json.dumps(getattr(h, "cfg", None) or {}, default=str)),
+        release=getattr(h, "release", None),
+    )
+
+
+def _write_saebench(out_dir: Path, o: SaeOutput, eval_config: dict[str, JsonValue], run_info: dict) -> str | None:
+    """Write one SAE's SAEBench file; returns why it was not written (a required value is missing)."""
+    sources = run_info.get("sources")
+    source = sources.get(o.hook, {}) if isinstance(sources, dict) else {}
+    inputs = saebench_inputs(o, eval_config, source if isinstance(source, dict) else {})
+    doc = core_eval_output(inputs)
+    path = out_dir / "saebench" / f"{file_stem(o.handle.sae_id)}_core_eval_results.json"
+    if doc is None:
+        path.unlink(missing_ok=True)  # a file from an earlier run would no longer match these results
+        return ", ".join(missing_inputs(inputs))
+    atomic_write_text(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    return None
 
 
 def write_outputs(
@@ -240,9 +241,15 @@ def write_outputs(
     atomic_write_text(out_dir / "results.csv", _csv_text(RESULTS_COLUMNS, results_rows(outputs)))
     atomic_write_text(out_dir / "summary.csv", summary_text(outputs))
     _write_features(out_dir, outputs)
+    unwritten: dict[str, list[str]] = {}
     for o in outputs:
-        doc = saebench_core_json(o, {**eval_config, "hook_name": o.hook})
-        path = out_dir / "saebench" / f"{file_stem(o.handle.sae_id)}_core_eval_results.json"
-        atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
+        missing = _write_saebench(out_dir, o, eval_config, run_info)
+        if missing:
+            unwritten.setdefault(missing, []).append(o.handle.sae_id)
         _write_samples(out_dir, o)
+    skipped = run_info.setdefault("skipped", [])
+    for missing, sae_ids in unwritten.items():
+        # SAEBench's CoreEvalOutput requires every one of these; a file without them would not validate.
+        reason = f"SAEBench 0.6.0 core JSON not written: it requires {missing}, which this run did not compute"
+        skipped.append({"entry": "saebench_json", "metrics": [], "reason": reason, "sae_ids": sae_ids})  # type: ignore[union-attr]
     atomic_write_text(out_dir / "run.json", json.dumps(run_info, indent=2, default=str) + "\n")

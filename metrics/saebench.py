@@ -1,0 +1,172 @@
+"""The numbers SAEBench v0.6.0's core eval reports that evalkit's own metrics do not (group `core`).
+
+They exist so `saebench/<stem>_core_eval_results.json` can carry SAEBench's meaning under SAEBench's keys
+(docs/saebench.md). evalkit's own definitions (metrics/core.py) stay the headline; these mirror SAEBench's
+formulas, including the ones that are not what their name says:
+
+- `mse_saebench`: SAEBench divides each token's squared error by the number of evaluated tokens in its
+  batch before averaging, so its "mse" is evalkit's mse divided by the batch's token count (it depends on the
+  batch size, which the JSON's eval_config records).
+- `l2_norm_in`, `l2_norm_out`: mean ‖x‖ and mean ‖x̂‖ over evaluation tokens.
+- `freq_over_1_percent`, `freq_over_10_percent`: share of latents with density > 1% / > 10%;
+  `normalized_freq_over_*`: the share of total firing mass those latents carry (0 when nothing fires).
+- per latent `consistent_activation_heuristic`: firings per sequence that has at least one firing. The
+  runner's `seq_index` extra names each kept token's sequence; without it, a position not larger than the
+  previous one starts a new sequence.
+- weights: per latent `encoder_bias` (gated: b_mag; top-AFA: 0), `encoder_norm` ‖W_enc[:,i]‖,
+  `encoder_decoder_cosine_sim`, `max_encoder_cosine_sim`, `max_decoder_cosine_sim` (the largest signed cosine
+  to any other latent, computed in blocks), and their SAE-level means `average_max_*_cosine_sim`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from evalkit.core.records import EvalContext, MetricValue, SaeBatch
+from metrics.base import stream_metric, weights_metric
+
+SEQ_INDEX_KEY = "seq_index"
+"""SaeBatch.extras key under which the runner passes each kept token's sequence index."""
+MAX_COSINE_BLOCK = 1024
+"""Latents per block in the max-cosine pass: memory is block × d_sae, never d_sae × d_sae."""
+
+
+def _sequence_ids(positions_T: torch.Tensor) -> torch.Tensor:
+    """0, 0, 0, 1, 1, ...: a new sequence wherever the position does not increase."""
+    if positions_T.numel() == 0:
+        return positions_T.to(torch.long)
+    starts_T = torch.ones_like(positions_T, dtype=torch.long)
+    starts_T[1:] = (positions_T[1:] <= positions_T[:-1]).to(torch.long)
+    starts_T[0] = 0
+    return starts_T.cumsum(0)
+
+
+@stream_metric(
+    "saebench_core",
+    group="core",
+    produces=(
+        "mse_saebench",
+        "l2_norm_in",
+        "l2_norm_out",
+        "freq_over_1_percent",
+        "freq_over_10_percent",
+        "normalized_freq_over_1_percent",
+        "normalized_freq_over_10_percent",
+    ),
+    per_latent=("consistent_activation_heuristic",),
+)
+class SaeBenchCore:
+    """SAEBench's per-batch-normalised mse, input/output norms, density shares and per-sequence firing counts."""
+
+    def __init__(self, sae: Any, ctx: EvalContext) -> None:
+        self.n_tokens = 0
+        self.sum_err_over_batch = 0.0  # Σ_t ‖x_t − x̂_t‖² / n_batch(t)
+        self.sum_norm_in = 0.0
+        self.sum_norm_out = 0.0
+        self.fires_F: torch.Tensor | None = None  # firing tokens per latent
+        self.seqs_F: torch.Tensor | None = None  # sequences with at least one firing, per latent
+
+    def update(self, batch: SaeBatch) -> None:
+        n = batch.x_TD.shape[0]
+        if n == 0:
+            return
+        x_TD = batch.x_TD.detach().to("cpu", torch.float64)
+        xh_TD = batch.x_hat_TD.detach().to("cpu", torch.float64)
+        self.n_tokens += n
+        self.sum_err_over_batch += float((x_TD - xh_TD).pow(2).sum()) / n
+        self.sum_norm_in += float(x_TD.norm(dim=-1).sum())
+        self.sum_norm_out += float(xh_TD.norm(dim=-1).sum())
+        fired_TF = (batch.f_TF.detach() > 0).to("cpu")
+        seq_T = batch.extras.get(SEQ_INDEX_KEY)
+        if seq_T is None:
+            seq_T = _sequence_ids(batch.positions_T.detach().to("cpu"))
+        seq_T = seq_T.detach().to("cpu", torch.long)
+        seq_T = seq_T - seq_T.min()
+        n_seq = int(seq_T.max()) + 1
+        per_seq_SF = torch.zeros(n_seq, fired_TF.shape[1], dtype=torch.float64)
+        per_seq_SF.index_add_(0, seq_T, fired_TF.to(torch.float64))
+        fires_F = per_seq_SF.sum(0)
+        seqs_F = (per_seq_SF > 0).sum(0, dtype=torch.float64)
+        self.fires_F = fires_F if self.fires_F is None else self.fires_F + fires_F
+        self.seqs_F = seqs_F if self.seqs_F is None else self.seqs_F + seqs_F
+
+    def compute(self) -> list[MetricValue]:
+        if self.n_tokens == 0 or self.fires_F is None or self.seqs_F is None:
+            return []
+        n = self.n_tokens
+        density_F = self.fires_F / n
+        total = float(density_F.sum())
+        over1, over10 = density_F > 0.01, density_F > 0.1
+        values = [
+            MetricValue("mse_saebench", self.sum_err_over_batch / n),
+            MetricValue("l2_norm_in", self.sum_norm_in / n),
+            MetricValue("l2_norm_out", self.sum_norm_out / n),
+            MetricValue("freq_over_1_percent", float(over1.to(torch.float64).mean())),
+            MetricValue("freq_over_10_percent", float(over10.to(torch.float64).mean())),
+            MetricValue("normalized_freq_over_1_percent", float(density_F[over1].sum()) / total if total else 0.0),
+            MetricValue("normalized_freq_over_10_percent", float(density_F[over10].sum()) / total if total else 0.0),
+        ]
+        # A latent that never fired has no sequences: SAEBench writes 0/0 = NaN; evalkit writes no row.
+        cah_F = self.fires_F / self.seqs_F.clamp_min(1.0)
+        values += [
+            MetricValue("consistent_activation_heuristic", float(v), latent=i)
+            for i, (v, s) in enumerate(zip(cah_F.tolist(), self.seqs_F.tolist(), strict=True))
+            if s > 0
+        ]
+        return [v for v in values if math.isfinite(v.value)]
+
+
+def max_cosine_to_others(vectors_FD: torch.Tensor, block: int = MAX_COSINE_BLOCK) -> torch.Tensor:
+    """For each row, the largest cosine with any other row (signed, as SAEBench), in blocks of rows."""
+    unit_FD = torch.nn.functional.normalize(vectors_FD.detach().to("cpu", torch.float64), dim=-1)
+    n = unit_FD.shape[0]
+    out_F = torch.full((n,), -math.inf, dtype=torch.float64)
+    for start in range(0, n, block):
+        sims_BF = unit_FD[start : start + block] @ unit_FD.T
+        rows = torch.arange(sims_BF.shape[0])
+        sims_BF[rows, rows + start] = -math.inf
+        out_F[start : start + block] = sims_BF.max(dim=1).values
+    return out_F
+
+
+def _encoder_bias(sae: Any) -> torch.Tensor:
+    """The bias SAEBench reports: b_mag for gated SAEs, b_enc where it exists, else zeros (top-AFA)."""
+    for name in ("b_enc", "b_mag"):
+        bias = getattr(sae, name, None)
+        if isinstance(bias, torch.Tensor):
+            return bias
+    return torch.zeros(sae.W_dec.shape[0])
+
+
+@weights_metric(
+    "saebench_weights",
+    group="core",
+    produces=("average_max_encoder_cosine_sim", "average_max_decoder_cosine_sim"),
+    per_latent=(
+        "encoder_bias",
+        "encoder_norm",
+        "encoder_decoder_cosine_sim",
+        "max_encoder_cosine_sim",
+        "max_decoder_cosine_sim",
+    ),
+)
+def saebench_weights(sae: Any, ctx: EvalContext) -> list[MetricValue]:
+    w_enc_FD = sae.W_enc.detach().to("cpu", torch.float64).T
+    w_dec_FD = sae.W_dec.detach().to("cpu", torch.float64)
+    per_latent = {
+        "encoder_bias": _encoder_bias(sae).detach().to("cpu", torch.float64).reshape(-1),
+        "encoder_norm": w_enc_FD.norm(dim=-1),
+        "encoder_decoder_cosine_sim": torch.nn.functional.cosine_similarity(w_enc_FD, w_dec_FD, dim=-1),
+        "max_encoder_cosine_sim": max_cosine_to_others(w_enc_FD),
+        "max_decoder_cosine_sim": max_cosine_to_others(w_dec_FD),
+    }
+    values = [
+        MetricValue("average_max_encoder_cosine_sim", float(per_latent["max_encoder_cosine_sim"].mean())),
+        MetricValue("average_max_decoder_cosine_sim", float(per_latent["max_decoder_cosine_sim"].mean())),
+    ]
+    for name, v_F in per_latent.items():
+        values += [MetricValue(name, float(v), latent=i) for i, v in enumerate(v_F.tolist())]
+    return [v for v in values if math.isfinite(v.value)]
