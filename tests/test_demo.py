@@ -18,17 +18,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.saebench import validate_with_saebench
 from sae_lens import SAE
 from safetensors import safe_open
 
 from evalkit.app.cli import build_parser, main
 from evalkit.app.demo import DemoResult, run_arguments, run_demo
 from evalkit.app.run_cli import run_command
+from evalkit.engine.saebench import check_required_keys
 from evalkit.sae.factory import make_sae
 from evalkit.world.build import World, build_world, hook_activations
 from evalkit.world.model import load_world_model
-from evalkit.engine.saebench import check_required_keys
-from helpers.saebench import validate_with_saebench
 
 RESULTS_COLUMNS = [
     "sae_id", "sae_path", "architecture", "family", "hook", "d_in", "d_sae", "seed",

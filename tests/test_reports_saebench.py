@@ -12,7 +12,6 @@ import torch
 from helpers.saebench import validate_with_saebench
 
 from evalkit.core.records import EvalContext, SaeBatch
-from metrics.saebench import SaeBenchCore, max_cosine_to_others
 from evalkit.engine.saebench import (
     DETAIL_FIELDS,
     REQUIRED_METRICS,
@@ -21,6 +20,7 @@ from evalkit.engine.saebench import (
     core_eval_output,
     missing_inputs,
 )
+from metrics.saebench import SaeBenchCore, max_cosine_to_others
 
 D_SAE = 4
 

@@ -50,6 +50,7 @@ FEATURES_PARQUET_ROWS = 1_000_000
 LABEL_INDEX_COLUMNS = {"concept_best_index": "concept_best"}
 """Per-latent metrics holding an index into the run's label names -> the features.csv column of names."""
 
+
 @dataclass(frozen=True)
 class SaeOutput:
     """One SAE's results as the tables need them."""

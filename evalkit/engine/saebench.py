@@ -7,7 +7,7 @@ batches read (special tokens included). evalkit's honest values sit next to them
 
 The layout below is evalkit's own list of what `CoreEvalOutput` requires (written from SAEBench's
 `evals/core/eval_output.py`, not copied from it); tests check every file against it, and against SAEBench's
-model itself where sae-bench is installed (`pip install evalkit[saebench]`).
+model itself where sae-bench is installed (`pip install -e ".[saebench]"`).
 """
 
 from __future__ import annotations
@@ -229,7 +229,7 @@ def core_eval_output(inp: SaeBenchInputs) -> dict[str, JsonValue] | None:
         "eval_result_details": _details(inp),
         "eval_result_unstructured": {"evalkit": _flags(inp)},
         # A string, as the model requires; no SAEBench commit ran this evaluation, and the value says so.
-        "sae_bench_commit_hash": f"none (written by evalkit {inp.evalkit_version} in SAEBench {SAEBENCH_VERSION} format)",
+        "sae_bench_commit_hash": f"none (evalkit {inp.evalkit_version}, SAEBench {SAEBENCH_VERSION} format)",
         "sae_lens_id": inp.sae_id,
         "sae_lens_release_id": inp.release,
         "sae_lens_version": inp.sae_lens_version,
