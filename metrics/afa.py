@@ -8,10 +8,13 @@ spec).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import numpy as np
 import torch
 
 from evalkit.core.records import EvalContext, MetricValue, SaeBatch
-from metrics.base import stream_metric, weights_metric
+from metrics.base import State, StateValue, stream_metric, token_priority, weights_metric
 
 DECODER_BLOCK = 1024
 """Rows per block of the decoder Gram matrix: memory is DECODER_BLOCK × h floats, never h × h."""
@@ -21,31 +24,52 @@ SAMPLE_COLUMNS = ("z_norm", "ftilde_norm", "eps_lbo")
 
 
 class TokenReservoir:
-    """A seeded uniform sample without replacement of k streamed rows: every row draws a random priority and
-    the k largest are kept (memory O(k + batch)); returned in stream order."""
+    """A seeded uniform sample without replacement of k streamed rows: each row's priority is
+    `token_priority(its token key, seed)` and the k largest are kept (memory O(k + batch)); returned in key order.
+
+    Priorities depend on the key alone, so two reservoirs over disjoint parts of a stream merge into exactly the
+    reservoir of the whole stream."""
 
     def __init__(self, k: int, n_columns: int, seed: int) -> None:
-        self.k = k
-        self.gen = torch.Generator().manual_seed(seed)
+        self.k, self.seed = k, seed
         self.priority_N = torch.empty(0, dtype=torch.float64)
-        self.order_N = torch.empty(0, dtype=torch.int64)
+        self.keys_N = torch.empty(0, dtype=torch.int64)
         self.rows_NC = torch.empty(0, n_columns, dtype=torch.float64)
         self.seen = 0
 
-    def add(self, rows_TC: torch.Tensor) -> None:
+    def add(self, rows_TC: torch.Tensor, keys_T: torch.Tensor | None = None) -> None:
+        """Offer rows with their stable token keys (default: their index in this reservoir's stream)."""
         n = rows_TC.shape[0]
-        priority_T = torch.rand(n, generator=self.gen, dtype=torch.float64)
-        order_T = torch.arange(self.seen, self.seen + n)
+        keys_T = torch.arange(self.seen, self.seen + n) if keys_T is None else keys_T.to("cpu", torch.int64)
         self.seen += n
+        self._keep(token_priority(keys_T, self.seed), keys_T, rows_TC.double().cpu())
+
+    def _keep(self, priority_T: torch.Tensor, keys_T: torch.Tensor, rows_TC: torch.Tensor) -> None:
         priority_N = torch.cat([self.priority_N, priority_T])
-        keep = priority_N.topk(min(self.k, priority_N.numel())).indices
-        self.priority_N = priority_N[keep]
-        self.order_N = torch.cat([self.order_N, order_T])[keep]
-        self.rows_NC = torch.cat([self.rows_NC, rows_TC.double().cpu()])[keep]
+        keys_N = torch.cat([self.keys_N, keys_T])
+        # Largest priority first, ties by key: the kept set is a function of the offered (key, row) pairs alone.
+        order = np.lexsort((keys_N.numpy(), -priority_N.numpy()))[: self.k]
+        keep = torch.from_numpy(order)
+        self.priority_N, self.keys_N = priority_N[keep], keys_N[keep]
+        self.rows_NC = torch.cat([self.rows_NC, rows_TC])[keep]
 
     def rows(self) -> torch.Tensor:
-        """The kept rows [min(k, seen), C], in the order they were streamed."""
-        return self.rows_NC[self.order_N.argsort()]
+        """The kept rows [min(k, seen), C], in key (stream) order."""
+        return self.rows_NC[self.keys_N.argsort()]
+
+    def state_dict(self) -> State:
+        return {"keys_N": self.keys_N.clone(), "rows_NC": self.rows_NC.clone(), "seen": self.seen}
+
+    def load_state_dict(self, state: Mapping[str, StateValue]) -> None:
+        keys_N, rows_NC = state["keys_N"], state["rows_NC"]
+        assert isinstance(keys_N, torch.Tensor) and isinstance(rows_NC, torch.Tensor)
+        self.keys_N, self.rows_NC = keys_N.to(torch.int64).clone(), rows_NC.double().clone()
+        self.priority_N = token_priority(self.keys_N, self.seed)
+        self.seen = int(state["seen"])
+
+    def merge(self, other: TokenReservoir) -> None:
+        self._keep(other.priority_N, other.keys_N, other.rows_NC)
+        self.seen += other.seen
 
 
 def atom_norms(sae: torch.nn.Module) -> torch.Tensor:
@@ -82,7 +106,7 @@ def eps_lbo(z_norms_T: torch.Tensor, code_norms_T: torch.Tensor, h: int) -> torc
         "afa_rel_error_median",
         "afa_zero_code_tokens",
     ),
-    version=2,  # v2 keeps a per-token sample in its shard; v1 shards have none
+    version=3,  # v2 keeps a per-token sample in its shard; v3 samples by token-key priority (mergeable)
 )
 class AfaEpsilon:
     """ε_LBO and the relative norm error |‖f̃‖ − ‖z‖|/‖z‖ per token, summarised at the end."""
@@ -94,6 +118,7 @@ class AfaEpsilon:
         self.eps: list[torch.Tensor] = []
         self.rel_err: list[torch.Tensor] = []
         self.zero_code_tokens = 0
+        self.n_seen = 0
         self.reservoir = TokenReservoir(SAMPLE_TOKENS, len(SAMPLE_COLUMNS), ctx.seed)
 
     def update(self, batch: SaeBatch) -> None:
@@ -104,10 +129,38 @@ class AfaEpsilon:
         eps_T = eps_lbo(z_T[nonzero_T], c_T[nonzero_T], self.h)
         self.eps.append(eps_T.float().cpu())
         # The sample covers the tokens ε_LBO is defined on (‖f̃‖ > 0), as the summaries do.
-        self.reservoir.add(torch.stack([z_T[nonzero_T], c_T[nonzero_T], eps_T], dim=1))
+        keys_T = batch.token_keys(self.n_seen)
+        self.n_seen += len(keys_T)
+        self.reservoir.add(torch.stack([z_T[nonzero_T], c_T[nonzero_T], eps_T], dim=1), keys_T[nonzero_T.cpu()])
         # Zero-code tokens are excluded here too, so both summaries describe the same tokens.
         kept = nonzero_T & (z_T > 0)
         self.rel_err.append(((c_T[kept] - z_T[kept]).abs() / z_T[kept]).float().cpu())
+
+    def state_dict(self) -> State:
+        reservoir = {f"reservoir.{k}": v for k, v in self.reservoir.state_dict().items()}
+        return {
+            "eps_N": torch.cat(self.eps) if self.eps else torch.empty(0),
+            "rel_err_N": torch.cat(self.rel_err) if self.rel_err else torch.empty(0),
+            "zero_code_tokens": self.zero_code_tokens,
+            "n_seen": self.n_seen,
+            **reservoir,
+        }
+
+    def load_state_dict(self, state: Mapping[str, StateValue]) -> None:
+        eps_N, rel_err_N = state["eps_N"], state["rel_err_N"]
+        assert isinstance(eps_N, torch.Tensor) and isinstance(rel_err_N, torch.Tensor)
+        self.eps, self.rel_err = [eps_N.float().clone()], [rel_err_N.float().clone()]
+        self.zero_code_tokens, self.n_seen = int(state["zero_code_tokens"]), int(state["n_seen"])
+        prefix = "reservoir."
+        self.reservoir.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+
+    def merge(self, other: AfaEpsilon) -> None:
+        # Per-token values are kept whole (exact quantiles): merging concatenates them.
+        self.eps += other.eps
+        self.rel_err += other.rel_err
+        self.zero_code_tokens += other.zero_code_tokens
+        self.n_seen += other.n_seen
+        self.reservoir.merge(other.reservoir)
 
     def compute(self) -> list[MetricValue]:
         out = [MetricValue("afa_zero_code_tokens", float(self.zero_code_tokens))]

@@ -6,6 +6,14 @@
 
 Metrics never read files, load models or print: they receive tensors and return numbers.
 
+State protocol (every stream accumulator): `state_dict()` returns what `update` accumulated as a flat dict of
+CPU tensors and plain numbers (see `StateValue`), `load_state_dict(state)` restores it into a fresh `cls(sae, ctx)`,
+and `merge(other)` folds in an accumulator of the same class and (sae, ctx) that saw *other* tokens. Checkpoints
+(save mid-pass, resume) and split runs (workers on token shards, merged by the driver) rest on these three; the
+contract test tests/test_metrics_state.py holds every registered stream metric to them. Samplers draw their
+randomness from `token_priority` of each token's stable key (`SaeBatch.token_keys`), never from a generator's
+position, so the sample of a merged stream is the sample of the whole stream.
+
 Per-token samples: a stream accumulator may also define `samples() -> dict[str, list[float]] | None` (see
 `SamplingMetric`): equal-length float columns, e.g. a seeded reservoir of evaluation tokens, for the report's
 plots. The runner stores them inside that metric's cached shard (so resumed and cached runs reproduce them
@@ -21,8 +29,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+import numpy as np
+import torch
+
 from evalkit.core.errors import EvalkitInputError
-from evalkit.core.records import MetricValue, SaeBatch
+from evalkit.core.records import EvalContext, MetricValue, SaeBatch
 from evalkit.core.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -31,10 +42,108 @@ MetricKind = Literal["stream", "weights", "group"]
 GROUPS = ("core", "downstream", "sparsity", "alignment", "norm", "afa", "stability", "concepts", "probing")
 
 
+_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def token_priority(keys_T: torch.Tensor, seed: int) -> torch.Tensor:
+    """A seeded pseudo-random priority in [0, 1) per token key (float64): splitmix64 of (key, seed).
+
+    A pure function of the key, so a sample "k largest priorities" of a stream is the same however the stream was
+    split into batches, shards or workers, and merges exactly."""
+    with np.errstate(over="ignore"):
+        z = keys_T.cpu().numpy().astype(np.uint64) + np.uint64(
+            (seed * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) & 0xFFFFFFFFFFFFFFFF
+        )
+        z = z * np.uint64(0x9E3779B97F4A7C15) & _MASK64
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9) & _MASK64
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB) & _MASK64
+        z = z ^ (z >> np.uint64(31))
+    return torch.from_numpy((z >> np.uint64(11)).astype(np.float64) / float(1 << 53))
+
+
+StateValue = torch.Tensor | int | float | bool
+"""What an accumulator's state holds: CPU tensors and plain numbers (no None, no objects). `torch.save` and
+`torch.load(..., weights_only=True)` round-trip it; `pack_state`/`unpack_state` make it safetensors-ready."""
+State = dict[str, StateValue]
+
+
 class StreamingMetric(Protocol):
+    """A stream accumulator `cls(sae, ctx)`. Beyond update/compute, the state protocol:
+
+    - `state_dict() -> State`: a snapshot (copies) of everything `update` accumulated; flat string keys. Nothing
+      that the constructor rebuilds from (sae, ctx) is in it.
+    - `load_state_dict(state)`: replace this accumulator's state by `state` (from an accumulator built with the
+      same sae and ctx); then `update` continues exactly as the one that wrote it would have.
+    - `merge(other)`: fold in `other` (same class, same sae and ctx) that saw a disjoint set of tokens; afterwards
+      `compute()` and `samples()` equal those of one accumulator that saw both streams: exact for counts, to float
+      rounding (≤ 1e-6 relative) for float sums, identical samples. Batches must be whole in one of the parts
+      (shards are ranges of batches), and tokens carry their stable `token_keys_T` when samplers are involved.
+    """
+
     def update(self, batch: SaeBatch) -> None: ...
 
     def compute(self) -> list[MetricValue]: ...
+
+    def state_dict(self) -> State: ...
+
+    def load_state_dict(self, state: Mapping[str, StateValue]) -> None: ...
+
+    def merge(self, other: Any) -> None: ...
+
+
+class SumState:
+    """The state protocol for an accumulator whose whole state is additive attributes named in `SUMS` (ints,
+    floats or tensors, initialised in `__init__`): state out/in copies them, merge adds them."""
+
+    SUMS: tuple[str, ...] = ()
+
+    def state_dict(self) -> State:
+        return {name: _copy(getattr(self, name)) for name in self.SUMS}
+
+    def load_state_dict(self, state: Mapping[str, StateValue]) -> None:
+        for name in self.SUMS:
+            current = getattr(self, name)
+            value = state[name]
+            if isinstance(current, torch.Tensor):
+                setattr(self, name, torch.as_tensor(value).to(current.dtype).clone())
+            else:
+                setattr(self, name, type(current)(value))
+
+    def merge(self, other: Any) -> None:
+        for name in self.SUMS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+def _copy(value: StateValue) -> StateValue:
+    return value.detach().cpu().clone() if isinstance(value, torch.Tensor) else value
+
+
+def pack_state(state: Mapping[str, StateValue]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) for safetensors' save_file: numbers become 0-d tensors, their kind goes in metadata."""
+    tensors: dict[str, torch.Tensor] = {}
+    kinds: dict[str, str] = {}
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor):
+            tensors[key] = value.detach().cpu().contiguous()
+            continue
+        kind = "bool" if isinstance(value, bool) else "int" if isinstance(value, int) else "float"
+        dtype = {"bool": torch.bool, "int": torch.int64, "float": torch.float64}[kind]
+        tensors[key] = torch.tensor(value, dtype=dtype)
+        kinds[key] = kind
+    return tensors, kinds
+
+
+def unpack_state(tensors: Mapping[str, torch.Tensor], kinds: Mapping[str, str]) -> State:
+    """The inverse of `pack_state`."""
+    cast = {"bool": bool, "int": int, "float": float}
+    return {key: cast[kinds[key]](t.item()) if key in kinds else t for key, t in tensors.items()}
+
+
+def restore(factory: Any, sae: Any, ctx: EvalContext, state: Mapping[str, StateValue]) -> StreamingMetric:
+    """A fresh accumulator `factory(sae, ctx)` holding `state`."""
+    acc = factory(sae, ctx)
+    acc.load_state_dict(state)
+    return acc
 
 
 Samples = dict[str, list[float]]

@@ -8,11 +8,13 @@ evalkit.engine.outputs maps the index to features.csv's `concept_best` (the labe
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 from evalkit.core.errors import EvalkitInputError
 from evalkit.core.records import EvalContext, MetricValue, SaeBatch
-from metrics.base import stream_metric
+from metrics.base import State, StateValue, stream_metric
 
 ALIGNED_F1 = 0.5
 
@@ -52,6 +54,34 @@ class ConceptAlignment:
         self.tp_FL += (fires_TF.T @ labels_TL).cpu()
         self.fires_F += fires_TF.sum(dim=0).cpu()
         self.label_counts_L += labels_TL.sum(dim=0).cpu()
+
+    def state_dict(self) -> State:
+        seen = self.tp_FL is not None and self.label_counts_L is not None
+        return {
+            "tp_FL": self.tp_FL.clone() if seen else torch.empty(0, dtype=torch.float64),  # type: ignore[union-attr]
+            "fires_F": self.fires_F.clone(),
+            "label_counts_L": self.label_counts_L.clone() if seen else torch.empty(0, dtype=torch.float64),  # type: ignore[union-attr]
+            "seen": seen,
+        }
+
+    def load_state_dict(self, state: Mapping[str, StateValue]) -> None:
+        tp_FL, fires_F, counts_L = state["tp_FL"], state["fires_F"], state["label_counts_L"]
+        assert (
+            isinstance(tp_FL, torch.Tensor) and isinstance(fires_F, torch.Tensor) and isinstance(counts_L, torch.Tensor)
+        )
+        self.fires_F = fires_F.double().clone()
+        self.tp_FL = tp_FL.double().clone() if state["seen"] else None
+        self.label_counts_L = counts_L.double().clone() if state["seen"] else None
+
+    def merge(self, other: ConceptAlignment) -> None:
+        self.fires_F = self.fires_F + other.fires_F
+        if other.tp_FL is None or other.label_counts_L is None:
+            return
+        if self.tp_FL is None or self.label_counts_L is None:
+            self.tp_FL, self.label_counts_L = other.tp_FL.clone(), other.label_counts_L.clone()
+            return
+        self.tp_FL = self.tp_FL + other.tp_FL
+        self.label_counts_L = self.label_counts_L + other.label_counts_L
 
     def compute(self) -> list[MetricValue]:
         if self.tp_FL is None or self.label_counts_L is None or self.tp_FL.shape[1] == 0:

@@ -7,11 +7,12 @@ nearly equal numbers when activations carry a large mean, and float32 sums lose 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 
 from evalkit.core.records import EvalContext, MetricValue, SaeBatch
-from metrics.base import stream_metric
+from metrics.base import State, StateValue, SumState, stream_metric
 
 
 def _finite(values: list[MetricValue]) -> list[MetricValue]:
@@ -59,6 +60,46 @@ class Reconstruction:
         self.sum_legacy += float((1.0 - err_T[ok_T] / var_T[ok_T]).sum())
         self.n_legacy += int(ok_T.sum())
 
+    def state_dict(self) -> State:
+        empty = torch.empty(0, dtype=torch.float64)
+        return {
+            "n_tokens": self.n_tokens,
+            "sum_err": self.sum_err,
+            "sum_sq": self.sum_sq,
+            "shift_D": empty if self.shift_D is None else self.shift_D.clone(),
+            "sum_xc_D": empty if self.sum_xc_D is None else self.sum_xc_D.clone(),
+            "sum_sq_c": self.sum_sq_c,
+            "sum_legacy": self.sum_legacy,
+            "n_legacy": self.n_legacy,
+        }
+
+    def load_state_dict(self, state: Mapping[str, StateValue]) -> None:
+        self.n_tokens, self.n_legacy = int(state["n_tokens"]), int(state["n_legacy"])
+        self.sum_err, self.sum_sq = float(state["sum_err"]), float(state["sum_sq"])
+        self.sum_sq_c, self.sum_legacy = float(state["sum_sq_c"]), float(state["sum_legacy"])
+        shift_D, sum_xc_D = state["shift_D"], state["sum_xc_D"]
+        assert isinstance(shift_D, torch.Tensor) and isinstance(sum_xc_D, torch.Tensor)
+        self.shift_D = shift_D.clone() if shift_D.numel() else None
+        self.sum_xc_D = sum_xc_D.clone() if sum_xc_D.numel() else None
+
+    def merge(self, other: Reconstruction) -> None:
+        if other.shift_D is None or other.sum_xc_D is None:
+            return
+        if self.shift_D is None or self.sum_xc_D is None:
+            self.load_state_dict(other.state_dict())
+            return
+        # Move other's sums to this shift: Σ(x − c) = Σ(x − c') + n'(c' − c), and
+        # Σ‖x − c‖² = Σ‖x − c'‖² + 2⟨c' − c, Σ(x − c')⟩ + n'‖c' − c‖².
+        delta_D = other.shift_D - self.shift_D
+        n_other = other.n_tokens
+        self.sum_sq_c += other.sum_sq_c + 2 * float(delta_D @ other.sum_xc_D) + n_other * float(delta_D @ delta_D)
+        self.sum_xc_D = self.sum_xc_D + other.sum_xc_D + n_other * delta_D
+        self.n_tokens += n_other
+        self.sum_err += other.sum_err
+        self.sum_sq += other.sum_sq
+        self.sum_legacy += other.sum_legacy
+        self.n_legacy += other.n_legacy
+
     def compute(self) -> list[MetricValue]:
         if self.n_tokens == 0 or self.sum_xc_D is None:
             return []
@@ -83,8 +124,10 @@ class Reconstruction:
 
 
 @stream_metric("shrinkage", group="core", produces=("cossim", "l2_ratio", "relative_reconstruction_bias"))
-class Shrinkage:
+class Shrinkage(SumState):
     """Direction and length of x̂ against x."""
+
+    SUMS = ("n_tokens", "sum_cos", "sum_ratio", "sum_xhat_sq", "sum_dot")
 
     def __init__(self, sae: object, ctx: EvalContext) -> None:
         self.n_tokens = 0
@@ -124,12 +167,14 @@ class Shrinkage:
 
 
 @stream_metric("sparsity_codes", group="core", produces=("l0", "l1", "l0_std"), version=2)
-class CodeSparsity:
+class CodeSparsity(SumState):
     """Active latents and code mass per token (f ≠ 0 counts negative codes of signed variants too).
 
     `l0_std` is the per-token spread of l0 (population std): 0 for fixed-k TopK, > 0 for variants whose
     number of active latents adapts to the token (top-AFA, JumpReLU, batch thresholds) (seed 003).
     """
+
+    SUMS = ("n_tokens", "sum_l0", "sum_l0_sq", "sum_l1")
 
     def __init__(self, sae: object, ctx: EvalContext) -> None:
         self.n_tokens = 0

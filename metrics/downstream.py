@@ -8,11 +8,12 @@ a sequence's last position); KL is KL(p_clean ‖ p_patched) summed over the voc
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 
 from evalkit.core.records import EvalContext, MetricValue, SaeBatch
-from metrics.base import stream_metric
+from metrics.base import State, StateValue, stream_metric
 
 EXTRA_KEYS = ("ce_clean", "ce_sae", "ce_zero", "kl_sae", "kl_zero")
 """Per-token tensors [T] the runner must put in `SaeBatch.extras` for this group."""
@@ -45,6 +46,18 @@ class DownstreamLoss:
             ok_T = ~torch.isnan(values_T)
             self.sums[key] += float(values_T[ok_T].sum())
             self.counts[key] += int(ok_T.sum())
+
+    def state_dict(self) -> State:
+        return {**{f"sum.{k}": v for k, v in self.sums.items()}, **{f"count.{k}": v for k, v in self.counts.items()}}
+
+    def load_state_dict(self, state: Mapping[str, StateValue]) -> None:
+        self.sums = {k: float(state[f"sum.{k}"]) for k in EXTRA_KEYS}
+        self.counts = {k: int(state[f"count.{k}"]) for k in EXTRA_KEYS}
+
+    def merge(self, other: DownstreamLoss) -> None:
+        for key in EXTRA_KEYS:
+            self.sums[key] += other.sums[key]
+            self.counts[key] += other.counts[key]
 
     def _mean(self, key: str) -> float:
         return self.sums[key] / self.counts[key] if self.counts[key] else float("nan")

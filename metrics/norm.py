@@ -15,14 +15,14 @@ practice. Memory: d_sae × 512 int32.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 
 from evalkit.core.records import EvalContext, MetricValue, SaeBatch
 from evalkit.core.registry import Registry
 from metrics.alignment import LINEAR_ARCHITECTURES, architecture_of, cosine_params
-from metrics.base import stream_metric, weights_metric
+from metrics.base import State, StateValue, SumState, stream_metric, weights_metric
 
 MIN_FIRINGS = 20
 """Only latents with at least this many firings are classified as detectors."""
@@ -67,8 +67,10 @@ def quartile_index(norms_T: torch.Tensor, ctx: EvalContext) -> torch.Tensor:
     return torch.bucketize(norms_T, cuts, right=True)
 
 
-class _QuartileSums:
+class _QuartileSums(SumState):
     """Running sums per norm quartile for fvu_norm_q*, rel_mse_norm_q* and l2_ratio_norm_q4 (float64)."""
+
+    SUMS = ("count_Q", "sq_norm_Q", "err_Q", "rel_err_Q", "l2_ratio_Q")
 
     def __init__(self) -> None:
         self.count_Q = torch.zeros(4, dtype=torch.float64)
@@ -91,6 +93,21 @@ class _QuartileSums:
         self.rel_err_Q.index_add_(0, q, err_T / sq_norm_T.clamp_min(1e-60))
         self.l2_ratio_Q.index_add_(0, q, x_hat.norm(dim=1) / sq_norm_T.sqrt().clamp_min(1e-30))
         self.sum_x_QD.index_add_(0, q, x)
+
+    def state_dict(self) -> State:
+        sum_x_QD = torch.empty(0, dtype=torch.float64) if self.sum_x_QD is None else self.sum_x_QD.clone()
+        return {**super().state_dict(), "sum_x_QD": sum_x_QD}
+
+    def load_state_dict(self, state: Mapping[str, StateValue]) -> None:
+        super().load_state_dict(state)
+        sum_x_QD = state["sum_x_QD"]
+        assert isinstance(sum_x_QD, torch.Tensor)
+        self.sum_x_QD = sum_x_QD.double().clone() if sum_x_QD.numel() else None
+
+    def merge(self, other: _QuartileSums) -> None:
+        super().merge(other)
+        if other.sum_x_QD is not None:
+            self.sum_x_QD = other.sum_x_QD.clone() if self.sum_x_QD is None else self.sum_x_QD + other.sum_x_QD
 
     def compute(self) -> list[MetricValue]:
         out = []
@@ -130,8 +147,10 @@ class _QuartileSums:
     per_latent=("norm_q4_share", "norm_auroc", "norm_renorm_survival"),
     requires=("positions",),
 )
-class NormDetectors:
+class NormDetectors(SumState):
     """Streams per-latent firing statistics against token norms; see the module docstring."""
+
+    SUMS = ("fires_F", "q4_F", "survive_F", "sink_F", "outlier_fires_F", "hist_FB", "total_B", "outliers")
 
     def __init__(self, sae: torch.nn.Module, ctx: EvalContext) -> None:
         self.sae, self.ctx = sae, ctx
@@ -173,6 +192,21 @@ class NormDetectors:
         flat = f_idx * N_BINS + bins_T[t_idx]
         self.hist_FB.index_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
         self.quartiles.update(batch.x_TD, batch.x_hat_TD, q_T)
+
+    def state_dict(self) -> State:
+        quartiles = {f"quartiles.{k}": v for k, v in self.quartiles.state_dict().items()}
+        return {**super().state_dict(), "max_position": self.max_position, **quartiles}
+
+    def load_state_dict(self, state: Mapping[str, StateValue]) -> None:
+        super().load_state_dict(state)
+        self.max_position = int(state["max_position"])
+        prefix = "quartiles."
+        self.quartiles.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+
+    def merge(self, other: NormDetectors) -> None:
+        super().merge(other)
+        self.max_position = max(self.max_position, other.max_position)
+        self.quartiles.merge(other.quartiles)
 
     def compute(self) -> list[MetricValue]:
         fires = self.fires_F.double()

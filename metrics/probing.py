@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import OrderedDict
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from sklearn.model_selection import train_test_split
 
 from evalkit.core.errors import EvalkitInputError
 from evalkit.core.records import EvalContext, MetricValue, SaeBatch
-from metrics.base import stream_metric
+from metrics.base import State, StateValue, stream_metric, token_priority
 
 log = logging.getLogger(__name__)
 
@@ -39,26 +40,39 @@ MEMO_SIZE = 512
 
 
 class Reservoir:
-    """Algorithm R over a stream of token keys: a uniform sample of at most `cap` of them."""
+    """A uniform sample of at most `cap` streamed token keys: the `cap` largest seeded priorities
+    (`token_priority`), ties by key. Priorities depend on the key alone, so reservoirs of disjoint parts of a
+    stream merge into exactly the reservoir of the whole stream."""
 
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
-        self.keys = np.full(cap, -1, dtype=np.int64)
+    def __init__(self, cap: int, seed: int = 0) -> None:
+        self.cap, self.seed = cap, seed
+        self.keys = np.empty(0, dtype=np.int64)
+        self.priorities = np.empty(0, dtype=np.float64)
         self.seen = 0
 
-    def offer(self, keys: np.ndarray, rng: np.random.Generator) -> None:
-        """Offer keys in stream order; the n-th item (0-based) replaces slot j ~ U{0..n} when j < cap."""
-        n_k = self.seen + np.arange(keys.size)
-        slot = np.where(n_k < self.cap, n_k, np.floor(rng.random(keys.size) * (n_k + 1)).astype(np.int64))
-        keep = slot < self.cap
-        slot, kept = slot[keep], keys[keep]
-        # Several offers may hit one slot in a batch; Algorithm R lets the last one win.
-        _, last = np.unique(slot[::-1], return_index=True)
-        self.keys[slot[::-1][last]] = kept[::-1][last]
+    def offer(self, keys: np.ndarray) -> None:
+        keys = np.asarray(keys, dtype=np.int64)
+        self._keep(keys, token_priority(torch.from_numpy(keys), self.seed).numpy())
         self.seen += keys.size
 
+    def _keep(self, keys: np.ndarray, priorities: np.ndarray) -> None:
+        keys = np.concatenate([self.keys, keys])
+        priorities = np.concatenate([self.priorities, priorities])
+        order = np.lexsort((keys, -priorities))[: self.cap]
+        self.keys, self.priorities = keys[order], priorities[order]
+
+    def merge(self, other: Reservoir) -> None:
+        self._keep(other.keys, other.priorities)
+        self.seen += other.seen
+
+    def load(self, keys: np.ndarray, seen: int) -> None:
+        self.keys = np.asarray(keys, dtype=np.int64).copy()
+        self.priorities = token_priority(torch.from_numpy(self.keys), self.seed).numpy()
+        self.seen = seen
+
     def sample(self) -> np.ndarray:
-        return self.keys[self.keys >= 0]
+        """The kept keys, ascending."""
+        return np.sort(self.keys)
 
 
 class _TokenStore:
@@ -89,6 +103,41 @@ class _TokenStore:
         self.keys = np.concatenate([self.keys, keys.astype(np.int64)])
         self.codes = vstack([self.codes, codes_sub], format="csr")
         self.acts = x_sub if self.acts is None else np.concatenate([self.acts, x_sub])
+
+    def merge(self, other: _TokenStore) -> None:
+        """Union of both stores' rows, sorted by key (a key in both is kept once)."""
+        if other.acts is None:
+            return
+        keys = np.concatenate([self.keys, other.keys])
+        codes = vstack([self.codes, other.codes], format="csr")
+        acts = other.acts if self.acts is None else np.concatenate([self.acts, other.acts])
+        _, first = np.unique(keys, return_index=True)  # sorted unique keys, first occurrence
+        self.keys, self.codes, self.acts = keys[first], codes[first], acts[first]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        codes = self.codes
+        d_in = 0 if self.acts is None else self.acts.shape[1]
+        return {
+            "keys": torch.from_numpy(self.keys.copy()),
+            "codes_indptr": torch.from_numpy(codes.indptr.astype(np.int64)),
+            "codes_indices": torch.from_numpy(codes.indices.astype(np.int64)),
+            "codes_data": torch.from_numpy(codes.data.astype(np.float32)),
+            "acts": torch.from_numpy(self.acts.copy()) if self.acts is not None else torch.empty(0, d_in),
+        }
+
+    def load_state_dict(self, state: Mapping[str, StateValue]) -> None:
+        tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+        self.keys = tensors["keys"].numpy().astype(np.int64).copy()
+        self.codes = csr_matrix(
+            (
+                tensors["codes_data"].numpy().copy(),
+                tensors["codes_indices"].numpy().copy(),
+                tensors["codes_indptr"].numpy().copy(),
+            ),
+            shape=(int(self.keys.size), self.d_sae),
+        )
+        acts = tensors["acts"].numpy()
+        self.acts = acts.astype(np.float32).copy() if self.keys.size else None
 
     def keep_only(self, wanted_sorted: np.ndarray) -> None:
         keep = np.isin(self.keys, wanted_sorted, assume_unique=True)
@@ -173,6 +222,7 @@ def probe_accuracy(
     group="probing",
     produces=("probe_accuracy_k1", "probe_accuracy_k5", "probe_accuracy_dense", "probe_labels_probed"),
     requires=("labels",),
+    version=2,  # v2: reservoirs keyed on token-key priorities (mergeable across shards)
 )
 class SparseProbing:
     """Reservoir-samples labelled tokens while streaming; fits the probes in `compute`."""
@@ -180,7 +230,6 @@ class SparseProbing:
     def __init__(self, sae: torch.nn.Module, ctx: EvalContext) -> None:
         self.d_sae = int(sae.W_dec.shape[0])
         self.seed = ctx.seed
-        self.rng = np.random.default_rng(ctx.seed)
         self.reservoirs: list[tuple[Reservoir, Reservoir]] = []
         self.store = _TokenStore(self.d_sae)
         self.n_seen = 0
@@ -191,17 +240,56 @@ class SparseProbing:
         labels_TL = batch.labels_TL.bool().cpu().numpy()
         if not self.reservoirs:
             n_labels = labels_TL.shape[1]
-            self.reservoirs = [(Reservoir(MAX_PER_CLASS), Reservoir(MAX_PER_CLASS)) for _ in range(n_labels)]
-        keys_T = self.n_seen + np.arange(labels_TL.shape[0])
+            self.reservoirs = self._new_reservoirs(n_labels)
+        keys_T = batch.token_keys(self.n_seen).numpy()
         for j, (neg, pos) in enumerate(self.reservoirs):
-            neg.offer(keys_T[~labels_TL[:, j]], self.rng)
-            pos.offer(keys_T[labels_TL[:, j]], self.rng)
-        wanted = np.unique(np.concatenate([r.sample() for pair in self.reservoirs for r in pair]))
+            neg.offer(keys_T[~labels_TL[:, j]])
+            pos.offer(keys_T[labels_TL[:, j]])
+        wanted = self._wanted()
         new_rows = np.flatnonzero(np.isin(keys_T, wanted, assume_unique=True))
         self.store.keep_only(wanted)
         if new_rows.size:
             self.store.add(keys_T[new_rows], new_rows, batch.f_TF, batch.x_TD)
         self.n_seen += labels_TL.shape[0]
+
+    def _new_reservoirs(self, n_labels: int) -> list[tuple[Reservoir, Reservoir]]:
+        return [(Reservoir(MAX_PER_CLASS, self.seed), Reservoir(MAX_PER_CLASS, self.seed)) for _ in range(n_labels)]
+
+    def _wanted(self) -> np.ndarray:
+        return np.unique(np.concatenate([np.empty(0, np.int64), *(r.keys for pair in self.reservoirs for r in pair)]))
+
+    def state_dict(self) -> State:
+        state: State = {"n_seen": self.n_seen, "n_labels": len(self.reservoirs)}
+        for j, pair in enumerate(self.reservoirs):
+            for cls, res in enumerate(pair):
+                state[f"reservoir.{j}.{cls}.keys"] = torch.from_numpy(res.sample())
+                state[f"reservoir.{j}.{cls}.seen"] = res.seen
+        state.update({f"store.{k}": v for k, v in self.store.state_dict().items()})
+        return state
+
+    def load_state_dict(self, state: Mapping[str, StateValue]) -> None:
+        self.n_seen = int(state["n_seen"])
+        self.reservoirs = self._new_reservoirs(int(state["n_labels"]))
+        for j, pair in enumerate(self.reservoirs):
+            for cls, res in enumerate(pair):
+                keys = state[f"reservoir.{j}.{cls}.keys"]
+                assert isinstance(keys, torch.Tensor)
+                res.load(keys.numpy(), int(state[f"reservoir.{j}.{cls}.seen"]))
+        self.store = _TokenStore(self.d_sae)
+        self.store.load_state_dict({k[len("store.") :]: v for k, v in state.items() if k.startswith("store.")})
+
+    def merge(self, other: SparseProbing) -> None:
+        if not other.reservoirs:
+            self.n_seen += other.n_seen
+            return
+        if not self.reservoirs:
+            self.reservoirs = self._new_reservoirs(len(other.reservoirs))
+        for (neg, pos), (o_neg, o_pos) in zip(self.reservoirs, other.reservoirs, strict=True):
+            neg.merge(o_neg)
+            pos.merge(o_pos)
+        self.store.merge(other.store)
+        self.store.keep_only(self._wanted())
+        self.n_seen += other.n_seen
 
     def _probe_label(self, neg: Reservoir, pos: Reservoir) -> dict[str, float] | None:
         neg_keys, pos_keys = neg.sample(), pos.sample()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 from evalkit.core.records import EvalContext, MetricValue, SaeBatch
-from metrics.base import stream_metric
+from metrics.base import State, StateValue, stream_metric
 
 DENSE_THRESHOLD = 0.1
 """A latent firing on more than this share of tokens counts as dense (METRICS.md)."""
@@ -28,6 +30,21 @@ class FeatureDensity:
         fired_F = (batch.f_TF.detach() != 0).sum(0).to("cpu", torch.int64)
         self.counts_F = fired_F if self.counts_F is None else self.counts_F + fired_F
         self.n_tokens += batch.f_TF.shape[0]
+
+    def state_dict(self) -> State:
+        counts_F = torch.empty(0, dtype=torch.int64) if self.counts_F is None else self.counts_F.clone()
+        return {"counts_F": counts_F, "n_tokens": self.n_tokens}
+
+    def load_state_dict(self, state: Mapping[str, StateValue]) -> None:
+        counts_F = state["counts_F"]
+        assert isinstance(counts_F, torch.Tensor)
+        self.counts_F = counts_F.to(torch.int64).clone() if counts_F.numel() else None
+        self.n_tokens = int(state["n_tokens"])
+
+    def merge(self, other: FeatureDensity) -> None:
+        if other.counts_F is not None:
+            self.counts_F = other.counts_F.clone() if self.counts_F is None else self.counts_F + other.counts_F
+        self.n_tokens += other.n_tokens
 
     def compute(self) -> list[MetricValue]:
         if self.counts_F is None or self.n_tokens == 0:

@@ -69,13 +69,12 @@ def test_rare_label_is_skipped() -> None:
 
 
 def test_reservoir_is_uniform() -> None:
-    """Algorithm R keeps each of N offered keys with probability cap/N, whatever the batch split."""
-    rng = np.random.default_rng(0)
+    """Priority sampling keeps each of N offered keys with probability cap/N, whatever the batch split."""
     first_half = []
-    for _ in range(300):
-        res = Reservoir(50)
+    for seed in range(300):
+        res = Reservoir(50, seed)
         for chunk in np.array_split(np.arange(1000), 7):
-            res.offer(chunk, rng)
+            res.offer(chunk)
         sample = res.sample()
         assert sample.size == 50 and np.unique(sample).size == 50
         first_half.append(int((sample < 500).sum()))
@@ -86,18 +85,17 @@ def test_reservoir_is_uniform() -> None:
 def reference_probe(f_TF: torch.Tensor, x_TD: torch.Tensor, labels_TL: torch.Tensor) -> dict[str, float]:
     """The definition written out plainly: one dict per token, a scikit-learn pipeline per fit, no memo.
 
-    Same seeded reservoirs (one generator, offered batch by batch in the same order) so the sampled tokens agree.
+    Same seeded reservoirs (priorities of the same token keys) so the sampled tokens agree.
     """
-    rng = np.random.default_rng(CTX.seed)
-    res = [(Reservoir(MAX_PER_CLASS), Reservoir(MAX_PER_CLASS)) for _ in range(labels_TL.shape[1])]
+    res = [(Reservoir(MAX_PER_CLASS, CTX.seed), Reservoir(MAX_PER_CLASS, CTX.seed)) for _ in range(labels_TL.shape[1])]
     codes_by_key: dict[int, np.ndarray] = {}
     acts_by_key: dict[int, np.ndarray] = {}
     offset = 0
     for f, x, lab in zip(f_TF.chunk(5), x_TD.chunk(5), labels_TL.chunk(5), strict=True):
         keys = offset + np.arange(len(f))
         for j, (neg, pos) in enumerate(res):
-            neg.offer(keys[~lab[:, j].numpy()], rng)
-            pos.offer(keys[lab[:, j].numpy()], rng)
+            neg.offer(keys[~lab[:, j].numpy()])
+            pos.offer(keys[lab[:, j].numpy()])
         for row, key in enumerate(keys.tolist()):
             codes_by_key[key], acts_by_key[key] = f[row].numpy(), x[row].numpy()
         offset += len(f)

@@ -55,6 +55,9 @@ class SaeBatch:
     """0/1 labels [T, n_labels] when the source has them."""
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     """Per-token values the runner computed for some metrics (e.g. downstream CE/KL), keyed by name."""
+    token_keys_T: torch.Tensor | None = None
+    """A stable int64 identity per kept token across the whole evaluation of a hook: `token_key(sequence index in
+    the hook's data, position)`. The same whichever worker or shard reads the token; None in hand-built batches."""
     _norms_T: torch.Tensor | None = None
 
     @property
@@ -62,6 +65,22 @@ class SaeBatch:
         if self._norms_T is None:
             self._norms_T = self.x_TD.norm(dim=-1)
         return self._norms_T
+
+    def token_keys(self, n_seen: int) -> torch.Tensor:
+        """Stable token keys [T] (int64, CPU); without `token_keys_T`, the running index `n_seen + t` (a single
+        unsplit stream: the accumulator passes how many tokens it has already seen)."""
+        if self.token_keys_T is not None:
+            return self.token_keys_T.to("cpu", torch.int64)
+        return torch.arange(n_seen, n_seen + self.x_TD.shape[0], dtype=torch.int64)
+
+
+POSITION_BITS = 24
+"""Token keys reserve this many low bits for the position inside a sequence (sequences up to 16M tokens)."""
+
+
+def token_key(seq_index_T: torch.Tensor, positions_T: torch.Tensor) -> torch.Tensor:
+    """The stable key of tokens [T]: sequence index in the hook's data, then position (int64)."""
+    return (seq_index_T.to("cpu", torch.int64) << POSITION_BITS) | positions_T.to("cpu", torch.int64)
 
 
 @dataclass(frozen=True)

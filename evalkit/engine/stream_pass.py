@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from evalkit.core.batch import ActivationBatch
-from evalkit.core.records import ResultKey, SaeBatch
+from evalkit.core.records import ResultKey, SaeBatch, token_key
 from evalkit.engine.passes import HookData, PassStats, TokenFilter, check_batch
 from evalkit.engine.runconfig import EvalSettings, SaeLike
 from evalkit.engine.splice import PatchScorer, Splicer
@@ -117,15 +117,17 @@ def _update_sae(
         spliced_BSD[keep_BS] = x_hat_TD
         extras.update({k: v for k, v in base_extras.items() if k in EXTRA_KEYS})
         extras["ce_sae"], extras["kl_sae"] = scorer.ce_kl(splicer.logits(batch.tokens_BS, spliced_BSD))
+    positions_T = batch.positions_BS[keep_BS]
     sae_batch = SaeBatch(
         sae=sae,
         x_TD=x_TD,
         x_hat_TD=x_hat_TD,
         f_TF=f_TF.float(),
-        positions_T=batch.positions_BS[keep_BS],
+        positions_T=positions_T,
         tokens_T=None if batch.tokens_BS is None else batch.tokens_BS[keep_BS],
         labels_TL=None if batch.labels_BSL is None else batch.labels_BSL[keep_BS],
         extras=extras,
+        token_keys_T=token_key(base_extras[SEQ_INDEX_KEY], positions_T),
     )
     for _, acc in st.pending.values():
         acc.update(sae_batch)
