@@ -81,11 +81,34 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
     return df
 
 
+def _read_parquet(path: Path, required: tuple[str, ...], sae_level_only: bool = False) -> pd.DataFrame:
+    """A Parquet table (optionally only rows whose `latent` is null), checked for `required` columns."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path, filters=pc.field("latent").is_null() if sae_level_only else None)
+    except (OSError, ValueError) as exc:  # pyarrow's errors for a damaged or foreign file
+        raise EvalkitInputError(path, f"not a readable Parquet file ({exc})") from exc
+    df = table.to_pandas()
+    absent = [c for c in required if c not in df.columns]
+    if absent:
+        raise EvalkitInputError(path, f"missing column(s) {', '.join(absent)}")
+    return df
+
+
 def _read_results(run_dir: Path) -> pd.DataFrame:
-    path = run_dir / "results.csv"
-    if not path.is_file():
-        raise EvalkitInputError(run_dir, "no results.csv here; run `evalkit run --out DIR` first")
-    df = _read_csv(path, ("sae_id", "metric", "value", "latent"))
+    """The SAE-level rows of results.parquet (results.csv in folders written before it existed). Per-latent
+    values come from features.parquet, so the report's memory does not grow with d_sae x metrics."""
+    parquet, csv = run_dir / "results.parquet", run_dir / "results.csv"
+    required = ("sae_id", "metric", "value", "latent")
+    if parquet.is_file():
+        df = _read_parquet(parquet, required, sae_level_only=True)
+    elif csv.is_file():
+        df = _read_csv(csv, required)
+        df = df[pd.to_numeric(df["latent"], errors="coerce").isna()]
+    else:
+        raise EvalkitInputError(run_dir, "no results.parquet here; run `evalkit run --out DIR` first")
     for col in SAE_COLUMNS:
         if col not in df.columns:
             df[col] = np.nan
@@ -96,11 +119,12 @@ def _read_results(run_dir: Path) -> pd.DataFrame:
 
 
 def _read_optional_table(run_dir: Path, stem: str, required: tuple[str, ...]) -> pd.DataFrame | None:
+    """DIR/<stem>.parquet when present (the canonical copy), else DIR/<stem>.csv, else None."""
     csv, parquet = run_dir / f"{stem}.csv", run_dir / f"{stem}.parquet"
+    if parquet.is_file():
+        return _read_parquet(parquet, required)
     if csv.is_file():
         return _read_csv(csv, required)
-    if parquet.is_file():
-        return pd.read_parquet(parquet)
     return None
 
 

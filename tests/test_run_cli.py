@@ -15,6 +15,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import torch
 from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
@@ -114,8 +116,16 @@ def test_results_csv_has_the_contract_columns(uninterrupted: Path) -> None:
         rows = list(csv.reader(fh))
     assert rows[0] == COLUMNS
     by_metric = {(r[0], r[8], r[10]) for r in rows[1:]}
-    assert ("a_standard", "fvu", "") in by_metric and ("c_topk", "feature_density", "47") in by_metric
+    assert ("a_standard", "fvu", "") in by_metric
+    assert all(r[10] == "" for r in rows[1:])  # SAE-level rows only; every row is in results.parquet
     assert all(r[11] == "192" for r in rows[1:])  # 24 × 8 tokens, none special in an activation file
+    table = pd.read_parquet(uninterrupted / "results.parquet")
+    assert list(table.columns) == COLUMNS
+    schema = pq.read_schema(uninterrupted / "results.parquet")
+    assert (str(schema.field("latent").type), str(schema.field("value").type)) == ("int64", "double")
+    per_latent = table[table["latent"].notna()]
+    assert ((per_latent["sae_id"] == "c_topk") & (per_latent["metric"] == "feature_density")).sum() == 48
+    assert len(table[table["latent"].isna()]) == len(rows) - 1
     summary = list(csv.DictReader(open(uninterrupted / "summary.csv", newline="")))
     assert [r["sae_id"] for r in summary] == ["a_standard", "b_topk", "c_topk"]
     assert float(summary[1]["l0"]) == pytest.approx(3.0)

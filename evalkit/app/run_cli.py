@@ -6,6 +6,7 @@ import argparse
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -65,7 +66,15 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
         default=DEFAULT_BATCH_TOKENS,
         help=f"tokens per batch, rounded down to whole sequences (default {DEFAULT_BATCH_TOKENS})",
     )
-    p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence for text data")
+    p.add_argument(
+        "--seq-len", type=int, default=None, help="tokens per sequence for text data (default: the SAE's context size)"
+    )
+    p.add_argument(
+        "--text-column",
+        default=None,
+        metavar="NAME",
+        help="the text field of .jsonl/.parquet/Hugging Face records (default: text, content, document or sentence)",
+    )
     p.add_argument(
         "--metrics",
         default="all",
@@ -202,13 +211,7 @@ def resolve_sources(args: argparse.Namespace, saes: Sequence[SaeLike]) -> tuple[
         source = open_source(activations=args.activations, **common)
         return {hook: _adapt(source, hook)}, {s.sae_id: hook for s in saes}
     if args.model or args.hook or args.dataset:
-        hook_of = {s.sae_id: args.hook or s.hook_name or "" for s in saes}
-        sources = {}
-        for hook in dict.fromkeys(hook_of.values()):
-            first = next(s for s in saes if hook_of[s.sae_id] == hook)
-            model = args.model or getattr(first, "model_name", None)
-            sources[hook] = _adapt(open_source(model=model, hook=hook or None, dataset=args.dataset, **common), hook)
-        return sources, hook_of
+        return model_sources(args, saes, common)
     # `args.world` (a built World) is set by `evalkit demo` (any world size); the run CLI leaves it unset.
     source = open_source(world=getattr(args, "world", None), **common)
     hook = str(getattr(source, "hook_name", ""))
@@ -220,6 +223,35 @@ def resolve_sources(args: argparse.Namespace, saes: Sequence[SaeLike]) -> tuple[
                 "pass --model/--hook/--dataset or --activations",
             )
     return {hook: _adapt(source, hook)}, {s.sae_id: hook for s in saes}
+
+
+def model_sources(
+    args: argparse.Namespace, saes: Sequence[SaeLike], common: dict[str, Any]
+) -> tuple[dict[str, DataSource], dict[str, str]]:
+    """One model source per hook; what the flags leave open comes from the SAEs' metadata (model, hook,
+    context size, prepend-BOS, model processing). An SAE whose d_in is not the width of the model's
+    activations at its hook is bad input, found here before the pass."""
+    from evalkit.sources import open_source
+    from evalkit.sources.sae_defaults import check_widths, hook_of, model_defaults
+
+    hooks = hook_of(saes, args.hook)
+    sources = {}
+    for hook in dict.fromkeys(hooks.values()):
+        members = [s for s in saes if hooks[s.sae_id] == hook]
+        d = model_defaults(members, args.model, hook)
+        source = open_source(
+            model=d.model,
+            hook=hook,
+            dataset=args.dataset,
+            text_column=getattr(args, "text_column", None),
+            prepend_bos=d.prepend_bos,
+            from_pretrained_kwargs=d.from_pretrained_kwargs,
+            default_seq_len=d.seq_len,
+            **common,
+        )
+        check_widths(members, source.d_in, d.model, hook)
+        sources[hook] = _adapt(source, hook)
+    return sources, hooks
 
 
 def run_info(

@@ -21,6 +21,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from evalkit.core.identity import JsonValue, stable_hash
 from evalkit.core.io import atomic_write_text, evalkit_version, file_stem
@@ -45,8 +47,18 @@ RESULTS_COLUMNS = (
     "evalkit_version",
 )
 SAE_COLUMNS = RESULTS_COLUMNS[:8]
-FEATURES_PARQUET_ROWS = 1_000_000
-"""features.csv becomes features.parquet above this many (SAE, latent) rows."""
+FEATURES_CSV_MAX_ROWS = 200_000
+"""features.parquet is always written; features.csv as well while it has at most this many (SAE, latent) rows."""
+PARQUET_TYPES = {
+    "d_in": pa.int64(),
+    "d_sae": pa.int64(),
+    "seed": pa.int64(),
+    "value": pa.float64(),
+    "latent": pa.int64(),
+    "n_tokens": pa.int64(),
+    "stderr": pa.float64(),
+}
+"""results.parquet column types; every other column is a string."""
 LABEL_INDEX_COLUMNS = {"concept_best_index": "concept_best"}
 """Per-latent metrics holding an index into the run's label names -> the features.csv column of names."""
 
@@ -136,17 +148,46 @@ def features_frame(outputs: Sequence[SaeOutput]) -> pd.DataFrame | None:
     return frame
 
 
+def atomic_write_parquet(path: Path, table: pa.Table) -> None:
+    """Parquet through a temporary file in the same folder and os.replace (readers never see half a file)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def results_table(rows: Sequence[Sequence[float | int | str | None]]) -> pa.Table:
+    """Rows of `results_rows` (SAE-level and per-latent) as a typed Arrow table, columns in RESULTS_COLUMNS order."""
+    columns = list(zip(*rows, strict=True)) or [()] * len(RESULTS_COLUMNS)
+    arrays = [
+        pa.array(col, type=PARQUET_TYPES.get(name, pa.string()))
+        for name, col in zip(RESULTS_COLUMNS, columns, strict=True)
+    ]
+    return pa.table(arrays, names=list(RESULTS_COLUMNS))
+
+
+def _write_results(out_dir: Path, outputs: Sequence[SaeOutput]) -> None:
+    """results.parquet holds every row; results.csv the SAE-level ones (per-latent values: features.*)."""
+    rows = results_rows(outputs)
+    latent_at = RESULTS_COLUMNS.index("latent")
+    atomic_write_text(out_dir / "results.csv", _csv_text(RESULTS_COLUMNS, [r for r in rows if r[latent_at] is None]))
+    atomic_write_parquet(out_dir / "results.parquet", results_table(rows))
+
+
 def _write_features(out_dir: Path, outputs: Sequence[SaeOutput]) -> None:
     frame = features_frame(outputs)
     if frame is None:
         return
-    if len(frame) > FEATURES_PARQUET_ROWS:
-        tmp = out_dir / ".features.parquet.tmp"
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, out_dir / "features.parquet")
+    atomic_write_parquet(out_dir / "features.parquet", pa.Table.from_pandas(frame, preserve_index=False))
+    csv_path = out_dir / "features.csv"
+    if len(frame) > FEATURES_CSV_MAX_ROWS:
+        csv_path.unlink(missing_ok=True)  # a smaller earlier run's CSV would contradict the parquet
         return
     rows = frame.astype(object).where(frame.notna(), None).values.tolist()
-    atomic_write_text(out_dir / "features.csv", _csv_text(list(frame.columns), rows))
+    atomic_write_text(csv_path, _csv_text(list(frame.columns), rows))
 
 
 def _write_samples(out_dir: Path, o: SaeOutput) -> None:
@@ -239,7 +280,7 @@ def write_outputs(
     """Write every output file of a run into `out_dir`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "results.csv", _csv_text(RESULTS_COLUMNS, results_rows(outputs)))
+    _write_results(out_dir, outputs)
     atomic_write_text(out_dir / "summary.csv", summary_text(outputs))
     _write_features(out_dir, outputs)
     unwritten: dict[str, list[str]] = {}

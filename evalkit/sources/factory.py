@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from evalkit.core.errors import EvalkitInputError
 from evalkit.sources.base import (
@@ -37,16 +38,21 @@ def model_dataset_source(
     dtype: str = "float32",
     seed: int = 0,
     split: str = "train",
+    text_column: str | None = None,
+    prepend_bos: bool = True,
+    from_pretrained_kwargs: dict[str, Any] | None = None,
+    default_seq_len: int | None = None,
 ) -> ModelSource:
     """A transformer-lens model at `hook_name` over `dataset` text, cut into BOS + (seq_len - 1) token
-    rows. Unset `seq_len`: DEFAULT_SEQ_LEN clamped to the model's n_ctx; a larger explicit one is bad input.
-    Activations come in `dtype` (the model also runs in it)."""
-    model = load_model(model_name, device=device, dtype=dtype)
-    seq_len = resolve_seq_len(model, seq_len, DEFAULT_SEQ_LEN)
+    rows (seq_len tokens without BOS when `prepend_bos` is False). Unset `seq_len`: DEFAULT_SEQ_LEN clamped to
+    the model's n_ctx; a larger explicit one is bad input. Activations come in `dtype` (the model also runs in
+    it)."""
+    model = load_model(model_name, device=device, dtype=dtype, from_pretrained_kwargs=from_pretrained_kwargs)
+    seq_len = resolve_seq_len(model, seq_len, default_seq_len or DEFAULT_SEQ_LEN)
     if model.tokenizer is None:
         raise EvalkitInputError(model_name, "model has no tokenizer, so text datasets cannot be tokenized")
     tokenizer = model.tokenizer
-    bos = tokenizer.bos_token_id
+    bos = tokenizer.bos_token_id if prepend_bos else None
     max_seqs = None if n_tokens is None else -(-int(n_tokens) // seq_len)
     n_seq_batch = max(1, int(batch_size) // seq_len)
     dataset_path = Path(dataset)
@@ -63,6 +69,9 @@ def model_dataset_source(
                 "seq_len": seq_len,
                 "n_tokens": n_tokens,
                 "dtype": dtype,
+                "text_column": text_column,
+                "prepend_bos": prepend_bos,
+                "from_pretrained_kwargs": from_pretrained_kwargs or {},
             }
         ),
         {
@@ -73,11 +82,12 @@ def model_dataset_source(
             "n_tokens": n_tokens,
             "seed": seed,
             "prepend_bos": bos is not None,
+            "text_column": text_column,
         },
     )
 
     def make() -> object:
-        rows = token_rows(iter_texts(dataset, split), tokenizer, seq_len, bos, str(dataset))
+        rows = token_rows(iter_texts(dataset, split, text_column), tokenizer, seq_len, bos, str(dataset))
         return token_batches(rows, n_seq_batch, max_seqs)
 
     return ModelSource(model, hook_name, make, info, dtype=dtype)  # type: ignore[arg-type]
@@ -97,6 +107,10 @@ def open_source(
     device: str = "cpu",
     dtype: str = "float32",
     seed: int = 0,
+    text_column: str | None = None,
+    prepend_bos: bool = True,
+    from_pretrained_kwargs: dict[str, Any] | None = None,
+    default_seq_len: int | None = None,
 ) -> ActivationSource:
     """The source the CLI options name, in the contract's order; `source.info.as_dict()` goes into run.json.
 
@@ -116,7 +130,19 @@ def open_source(
                 f"a model source needs --model, --hook and --dataset; missing {', '.join(missing)}",
             )
         source = model_dataset_source(
-            str(model), str(hook), str(dataset), n_tokens, batch_size, seq_len, device, dtype, seed
+            str(model),
+            str(hook),
+            str(dataset),
+            n_tokens,
+            batch_size,
+            seq_len,
+            device,
+            dtype,
+            seed,
+            text_column=text_column,
+            prepend_bos=prepend_bos,
+            from_pretrained_kwargs=from_pretrained_kwargs,
+            default_seq_len=default_seq_len,
         )
     else:
         source = world_source(world, n_tokens=n_tokens, batch_size=batch_size, device=device, dtype=dtype)

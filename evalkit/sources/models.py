@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformer_lens import HookedTransformer
@@ -40,10 +41,15 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
 
 
 def load_model(
-    name_or_path: str | Path, device: str = "cpu", dtype: str | torch.dtype = "float32"
+    name_or_path: str | Path,
+    device: str = "cpu",
+    dtype: str | torch.dtype = "float32",
+    from_pretrained_kwargs: dict[str, Any] | None = None,
 ) -> HookedTransformer:
-    """A local folder evalkit wrote (weights, config, tokenizer), or a transformer-lens pretrained model
-    name."""
+    """A local folder evalkit wrote (weights, config, tokenizer), or a transformer-lens pretrained model name
+    (from the Hugging Face hub or its cache: HF_HUB_OFFLINE=1 works with a filled cache), loaded as sae-lens loads
+    it (`from_pretrained_no_processing` with the SAE's `model_from_pretrained_kwargs`, e.g. gpt2-small-res-jb's
+    center_writing_weights), so the activations are those the SAE was trained on."""
     torch_dtype = parse_dtype(dtype)
     path = Path(name_or_path)
     if path.exists():
@@ -55,7 +61,11 @@ def load_model(
             )
         return load_world_model(path, device=device, dtype=torch_dtype)
     try:
-        return HookedTransformer.from_pretrained(str(name_or_path), device=device, dtype=torch_dtype)
+        # As sae-lens loads the model its SAEs were trained and evaluated on: unprocessed (no layer-norm folding,
+        # no centring, which would move the residual stream the SAE reads) plus the SAE's own kwargs.
+        return HookedTransformer.from_pretrained_no_processing(
+            str(name_or_path), device=device, dtype=torch_dtype, **(from_pretrained_kwargs or {})
+        )
     except (ValueError, OSError) as exc:
         raise EvalkitInputError(str(name_or_path), f"cannot load model ({exc})") from None
 

@@ -18,24 +18,37 @@ LOCAL_SUFFIXES = (".txt", ".jsonl", ".parquet")
 TEXT_FIELDS = ("text", "content", "document", "sentence")
 
 
-def _text_of(record: object, where: str) -> str:
+def _text_of(record: object, where: str, column: str | None = None) -> str:
+    """The record's text: `column` when named (`--text-column`), else the first of TEXT_FIELDS it has."""
     if isinstance(record, str):
         return record
     if isinstance(record, dict):
+        if column is not None:
+            value = record.get(column)
+            if not isinstance(value, str):
+                found = "missing" if column not in record else f"a {type(value).__name__}, not text"
+                raise EvalkitInputError(where, f"text column {column!r} is {found} (--text-column)")
+            return value
         for key in TEXT_FIELDS:
             if isinstance(record.get(key), str):
                 return record[key]
-    raise EvalkitInputError(where, f"record has no text field (looked for {', '.join(TEXT_FIELDS)})")
+    raise EvalkitInputError(
+        where, f"record has no text field (looked for {', '.join(TEXT_FIELDS)}; name one with --text-column)"
+    )
 
 
-def _iter_txt(path: Path) -> Iterator[str]:
+def _iter_txt(path: Path, column: str | None) -> Iterator[str]:
+    if column is not None:
+        raise EvalkitInputError(
+            path, "--text-column applies to .jsonl/.parquet/Hugging Face data; .txt is one document a line"
+        )
     with open(path, encoding="utf-8") as fh:
         for line in fh:
             if line.strip():
                 yield line.rstrip("\n")
 
 
-def _iter_jsonl(path: Path) -> Iterator[str]:
+def _iter_jsonl(path: Path, column: str | None) -> Iterator[str]:
     with open(path, encoding="utf-8") as fh:
         for i, line in enumerate(fh, 1):
             if not line.strip():
@@ -44,24 +57,29 @@ def _iter_jsonl(path: Path) -> Iterator[str]:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise EvalkitInputError(path, f"line {i} is not JSON ({exc.msg})") from None
-            yield _text_of(record, f"{path}:{i}")
+            yield _text_of(record, f"{path}:{i}", column)
 
 
-def _iter_parquet(path: Path) -> Iterator[str]:
+def _iter_parquet(path: Path, column: str | None) -> Iterator[str]:
     import pyarrow.parquet as pq
 
     try:
         file = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises several types for unreadable files
         raise EvalkitInputError(path, f"not a readable parquet file ({exc})") from None
-    column = next((c for c in TEXT_FIELDS if c in file.schema_arrow.names), None)
+    names = file.schema_arrow.names
+    if column is not None and column not in names:
+        raise EvalkitInputError(path, f"no column {column!r} (--text-column); columns: {', '.join(names)}")
+    column = column or next((c for c in TEXT_FIELDS if c in names), None)
     if column is None:
-        raise EvalkitInputError(path, f"no text column (looked for {', '.join(TEXT_FIELDS)})")
+        raise EvalkitInputError(
+            path, f"no text column (looked for {', '.join(TEXT_FIELDS)}; name one with --text-column)"
+        )
     for batch in file.iter_batches(columns=[column], batch_size=1024):
         yield from (t for t in batch.column(0).to_pylist() if t)
 
 
-def _iter_hf(name: str, split: str) -> Iterator[str]:
+def _iter_hf(name: str, split: str, column: str | None) -> Iterator[str]:
     import datasets
 
     try:
@@ -69,12 +87,13 @@ def _iter_hf(name: str, split: str) -> Iterator[str]:
     except Exception as exc:  # network, missing dataset, bad split: all bad input from the user's side
         raise EvalkitInputError(name, f"cannot open Hugging Face dataset ({type(exc).__name__}: {exc})") from None
     for i, record in enumerate(ds):
-        yield _text_of(record, f"{name}[{i}]")
+        yield _text_of(record, f"{name}[{i}]", column)
 
 
-def iter_texts(dataset: str | Path, split: str = "train") -> Iterator[str]:
+def iter_texts(dataset: str | Path, split: str = "train", text_column: str | None = None) -> Iterator[str]:
     """Documents of a local file (by suffix) or, for anything that is not a local path, a Hugging Face
-    dataset."""
+    dataset (streamed). `text_column` names the field of .jsonl/.parquet/HF records (default: the first of
+    TEXT_FIELDS present); .txt files are one document per non-empty line. docs/data-sources.md has the shapes."""
     path = Path(dataset)
     if path.suffix in LOCAL_SUFFIXES or path.exists():
         if not path.is_file():
@@ -83,11 +102,11 @@ def iter_texts(dataset: str | Path, split: str = "train") -> Iterator[str]:
         if path.suffix not in readers:
             raise EvalkitInputError(path, f"unsupported dataset format; use one of {', '.join(LOCAL_SUFFIXES)}")
         try:
-            yield from readers[path.suffix](path)
+            yield from readers[path.suffix](path, text_column)
         except UnicodeDecodeError:
             raise EvalkitInputError(path, "not UTF-8 text") from None
         return
-    yield from _iter_hf(str(dataset), split)
+    yield from _iter_hf(str(dataset), split, text_column)
 
 
 def token_rows(
