@@ -27,7 +27,7 @@ from helpers.hf_cache import (
     offline,
 )
 
-from evalkit.cli import main
+from evalkit.app.cli import main
 
 RELEASE = "gpt2-small-res-jb"
 DATASET = "evalkit-test/tiny-web-text"

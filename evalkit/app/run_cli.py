@@ -6,8 +6,8 @@ import argparse
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import torch
 from threadpoolctl import threadpool_limits
@@ -231,7 +231,7 @@ def model_sources(
     """One model source per hook; what the flags leave open comes from the SAEs' metadata (model, hook,
     context size, prepend-BOS, model processing). An SAE whose d_in is not the width of the model's
     activations at its hook is bad input, found here before the pass."""
-    from evalkit.sources import open_source
+    from evalkit.sources.factory import open_source
     from evalkit.sources.sae_defaults import check_widths, hook_of, model_defaults
 
     hooks = hook_of(saes, args.hook)

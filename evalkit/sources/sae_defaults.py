@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from evalkit.errors import EvalkitInputError
+from evalkit.core.errors import EvalkitInputError
 
 
 @dataclass(frozen=True)
