@@ -190,17 +190,28 @@ def unit_rows(W_FD: torch.Tensor) -> torch.Tensor:
     return W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
+DUPLICATE_COSINE = 0.99
+"""Two unit decoder rows with |cos| above this count as a duplicate pair (METRICS.md, evalkit)."""
+
+
 def decoder_eps(W_dec_FD: torch.Tensor, block: int = DECODER_BLOCK) -> tuple[float, float]:
-    """(max, mean) over i ≠ j of |⟨d̂_i, d̂_j⟩|, from upper-triangle blocks of the Gram matrix.
+    """(max, mean) over i ≠ j of |⟨d̂_i, d̂_j⟩|; see `decoder_gram_stats`."""
+    eps_max, eps_mean, _ = decoder_gram_stats(W_dec_FD, block)
+    return eps_max, eps_mean
+
+
+def decoder_gram_stats(W_dec_FD: torch.Tensor, block: int = DECODER_BLOCK) -> tuple[float, float, int]:
+    """(max, mean, duplicate pairs) over i < j of |⟨d̂_i, d̂_j⟩|, from upper-triangle blocks of the Gram matrix.
 
     Only blocks (I, J) with J ≥ I are computed (the matrix is symmetric), and in the diagonal blocks only the
-    strict upper triangle counts, so every unordered pair is seen exactly once.
+    strict upper triangle counts, so every unordered pair is seen exactly once. Duplicate pairs are those with
+    |cos| > DUPLICATE_COSINE.
     """
     d_hat = unit_rows(W_dec_FD)
     h = d_hat.shape[0]
     if h < 2:
-        return 0.0, 0.0
-    total, largest = 0.0, 0.0
+        return 0.0, 0.0, 0
+    total, largest, duplicates = 0.0, 0.0, 0
     for start in range(0, h, block):
         rows = d_hat[start : start + block]
         gram = (rows @ d_hat[start:].T).abs_()
@@ -209,10 +220,17 @@ def decoder_eps(W_dec_FD: torch.Tensor, block: int = DECODER_BLOCK) -> tuple[flo
         gram[:, :n].triu_(diagonal=1)
         total += float(gram.sum(dim=1).double().sum())  # row sums in float32: no float64 copy of the block
         largest = max(largest, float(gram.max()))
-    return largest, total / (h * (h - 1) / 2)
+        duplicates += int((gram > DUPLICATE_COSINE).sum())
+    return largest, total / (h * (h - 1) / 2), duplicates
 
 
-@weights_metric("decoder_eps", group="afa", produces=("decoder_eps_max", "decoder_eps_mean"))
+@weights_metric(
+    "decoder_eps", group="afa", produces=("decoder_eps_max", "decoder_eps_mean", "decoder_duplicate_pairs")
+)
 def decoder_eps_metric(sae: torch.nn.Module, ctx: EvalContext) -> list[MetricValue]:
-    eps_max, eps_mean = decoder_eps(sae.W_dec)
-    return [MetricValue("decoder_eps_max", eps_max), MetricValue("decoder_eps_mean", eps_mean)]
+    eps_max, eps_mean, duplicates = decoder_gram_stats(sae.W_dec)
+    return [
+        MetricValue("decoder_eps_max", eps_max),
+        MetricValue("decoder_eps_mean", eps_mean),
+        MetricValue("decoder_duplicate_pairs", float(duplicates)),
+    ]

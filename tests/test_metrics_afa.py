@@ -9,7 +9,7 @@ import torch
 from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
 
 from evalkit.core.records import EvalContext, MetricValue, SaeBatch
-from metrics.afa import AfaEpsilon, decoder_eps, decoder_eps_metric
+from metrics.afa import AfaEpsilon, decoder_eps, decoder_eps_metric, decoder_gram_stats
 
 CTX = EvalContext(median_norm=1.0, norm_q25=0.5, norm_q75=2.0, n_tokens=10)
 
@@ -113,4 +113,22 @@ def test_decoder_eps_of_orthonormal_rows_is_zero() -> None:
     with torch.no_grad():
         sae.W_dec.copy_(3.0 * torch.eye(8)[:5])
     agg = sae_level(decoder_eps_metric(sae, CTX))
-    assert agg == {"decoder_eps_max": 0.0, "decoder_eps_mean": 0.0}
+    assert agg == {"decoder_eps_max": 0.0, "decoder_eps_mean": 0.0, "decoder_duplicate_pairs": 0.0}
+
+
+@pytest.mark.parametrize("block", [2, 3, 64])
+def test_decoder_duplicate_pairs_hand_case(block: int) -> None:
+    """Rows 0, 1, 4 are one direction (1 scaled, 4 negated: |cos| counts), row 2 is at cos 0.995 to row 3 and
+    row 5 at cos 0.98 to row 3 (below 0.99): pairs (0,1), (0,4), (1,4), (2,3) -> 4 duplicates."""
+    a = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    b = torch.tensor([0.0, 1.0, 0.0, 0.0])
+    c, d = torch.tensor([0.0, 0.0, 1.0, 0.0]), torch.tensor([0.0, 0.0, 0.0, 1.0])
+    # row 2 = 0.995 b + 0.0999 c and row 5 = 0.98 b + 0.199 d: cos(2, 5) = 0.975, not a duplicate either
+    W_FD = torch.stack(
+        [a, 5 * a, 0.995 * b + (1 - 0.995**2) ** 0.5 * c, b, -2 * a, 0.98 * b + (1 - 0.98**2) ** 0.5 * d]
+    )
+    sae = StandardSAE(StandardSAEConfig(d_in=4, d_sae=6))
+    with torch.no_grad():
+        sae.W_dec.copy_(W_FD)
+    assert decoder_gram_stats(W_FD, block=block)[2] == 4
+    assert sae_level(decoder_eps_metric(sae, CTX))["decoder_duplicate_pairs"] == 4.0

@@ -47,28 +47,37 @@ def describe_world(world: World) -> None:
     log.info("world: %s", world.root)
     log.info("model folder (use with --model): %s; SAE hook: %s", world.model_dir, world.hook_name)
     quantiles = ", ".join(f"q{float(q):g}={v:.1f}" for q, v in norms["quantiles"].items())
-    log.info("token norms at %s: %s", world.hook_name, quantiles)
+    log.info(
+        "ordinary-token norms at %s (%d evaluation tokens, BOS excluded): %s",
+        world.hook_name,
+        norms["n_tokens"],
+        quantiles,
+    )
+    log.info(
+        "variance share of tokens above 10x the median: %.1f%% (%.2f%% of tokens); mean/median %.2f; "
+        "max/median %.1f (median %.2f)",
+        100 * norms["variance_share_above_10x"],
+        100 * norms["frac_above_10x"],
+        norms["mean_over_median"],
+        norms["max_over_median"],
+        norms["median"],
+    )
     for token, norm in norms["planted_norm"].items():
         log.info(
-            "planted class %-6s mean norm %.1f = %.1f x median",
+            "special token %-6s mean norm %.1f = %.1f x median (excluded from evaluation)",
             token,
             norm,
             norms["planted_over_median"][token],
         )
-    log.info(
-        "max/median norm: %.1f (median %.2f; median of unplanted tokens %.2f)",
-        norms["max_over_median"],
-        norms["median"],
-        norms["median_unplanted"],
-    )
     entropy = info["unigram_entropy"]
     log.info("unigram entropy of the corpus: %.3f nats", entropy)
     for point in info["history"]:
         log.info(
-            "step %5d held-out loss %.3f (%.0f%% of unigram entropy)",
+            "step %5d held-out loss %.3f (%.0f%% of unigram entropy)%s",
             point["step"],
             point["heldout_loss"],
             100 * point["heldout_loss"] / entropy,
+            " with the heavy tail planted" if point.get("tail_planted") else "",
         )
     log.info("build timings (s): %s", json.dumps({k: round(v, 1) for k, v in info["timings_s"].items()}))
 
@@ -94,10 +103,13 @@ def run_zoo(args: argparse.Namespace) -> int:
     for sae in summary["saes"]:
         extra = f", a = {sae['a_final']:.3f}" if "a_final" in sae else ""
         log.info(
-            "  %-28s %-30s %4d steps %5.1f s, %-13s init%s",
+            "  %-28s %-30s %5d steps (%s) %8d tokens, final loss %.4g, %5.1f s, %-13s init%s",
             sae["name"],
             sae["architecture"],
             sae["steps"],
+            "levelled off" if sae["converged"] else "NOT levelled off",
+            sae["tokens_seen"],
+            sae["final_loss"],
             sae["train_seconds"],
             "outlier-aware" if sae.get("outlier_init") else "data",
             extra,

@@ -29,6 +29,7 @@ VOLATILE_KEYS = frozenset(
         "sae_lens_training_version",
         "neuronpedia_id",
         "evalkit_zoo",  # the zoo entry's name, which carries the seed (topk_k32_seed1)
+        "evalkit_training",  # steps, tokens and final loss of a zoo SAE: training outcomes
     }
 )
 NOT_CONTENT_KEYS = frozenset({"device"})

@@ -16,12 +16,14 @@ from transformers import PreTrainedTokenizerFast
 from evalkit.core.errors import EvalkitInputError
 from evalkit.world.cache import cache_root, cached_entry, config_hash
 from evalkit.world.corpus import CONCEPTS, generate_corpus, labels_bool, unigram_entropy
-from evalkit.world.model import ModelSpec, load_world_model, save_model, train_model
+from evalkit.world.massive import TailSpec, plant_tail
+from evalkit.world.model import ModelSpec, heldout_loss, load_world_model, save_model, train_model
 from evalkit.world.tokenizer import load_tokenizer, save_tokenizer
+from metrics.norm import OUTLIER_MULTIPLE
 
 log = logging.getLogger(__name__)
 
-WORLD_VERSION = 2
+WORLD_VERSION = 3  # 3: BOS >= 100x median; context-dependent tail on ordinary tokens (evalkit.world.massive)
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ SIZES: dict[str, WorldSize] = {
         n_eval=512,
         n_sae=1536,
         # 600 steps of 8 x 128 tokens: a couple of minutes on 2 cores; the loss is still falling at the end.
-        model=ModelSpec(steps=600, batch_size=8, eval_every=50, massive_value_bos=2400.0, massive_value_delim=1600.0),
+        model=ModelSpec(steps=600, batch_size=8, eval_every=50, massive_value_bos=6000.0),
     ),
     # For tests: a 2-layer d_model-32 model trained for a few steps; same code path, seconds instead of
     # minutes.
@@ -67,8 +69,8 @@ SIZES: dict[str, WorldSize] = {
             lr=3e-3,
             warmup_steps=5,
             massive_dims=(3, 11, 20),
-            massive_value_bos=300.0,
-            massive_value_delim=200.0,
+            massive_value_bos=600.0,
+            tail=TailSpec(n_directions=3),
         ),
     ),
 }
@@ -134,26 +136,49 @@ def norm_stats(
     tokenizer: PreTrainedTokenizerFast,
     planted: tuple[str, ...],
 ) -> dict[str, object]:
-    """Norm quantiles at the hook, each planted token class's mean norm, and max/median."""
-    norms = acts_NSD.norm(dim=-1)
-    flat = norms.flatten().double()
-    qs = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
-    median = float(flat.median())
+    """Norm figures at the hook over ordinary tokens (the planted special tokens, BOS, excluded as evaluation
+    excludes them), and each planted token's mean norm.
+
+    `variance_share_above_10x`: the share of Σ‖x − mean‖² held by tokens above OUTLIER_MULTIPLE x the median.
+    """
+    norms_NS = acts_NSD.norm(dim=-1)
+    planted_ids = torch.tensor([tokenizer.convert_tokens_to_ids(t) for t in planted])
+    ordinary_NS = ~torch.isin(tokens_NS, planted_ids)
+    acts_TD = acts_NSD[ordinary_NS].double()
+    norms_T = acts_TD.norm(dim=-1)
+    median = float(norms_T.median())
+    qs = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 0.999, 1.0)
     per_class = {}
     for tok in planted:
         mask = tokens_NS == tokenizer.convert_tokens_to_ids(tok)
         if mask.any():
-            per_class[tok] = float(norms[mask].mean())
-    planted_ids = torch.tensor([tokenizer.convert_tokens_to_ids(t) for t in planted])
-    plain = ~torch.isin(tokens_NS, planted_ids)
+            per_class[tok] = float(norms_NS[mask].mean())
+    variance_T = (acts_TD - acts_TD.mean(0)).pow(2).sum(-1)
+    above_T = norms_T > OUTLIER_MULTIPLE * median
     return {
-        "quantiles": {str(q): float(torch.quantile(flat, q)) for q in qs},
+        "n_tokens": int(len(norms_T)),
+        "quantiles": {str(q): float(torch.quantile(norms_T, q)) for q in qs},
         "median": median,
-        "max_over_median": float(flat.max()) / median,
+        "mean_over_median": float(norms_T.mean()) / median,
+        "max_over_median": float(norms_T.max()) / median,
+        "frac_above_10x": float(above_T.double().mean()),
+        "variance_share_above_10x": float(variance_T[above_T].sum() / variance_T.sum()),
         "planted_norm": per_class,
         "planted_over_median": {k: v / median for k, v in per_class.items()},
-        "median_unplanted": float(norms[plain].double().median()),
     }
+
+
+CALIBRATION_SEQUENCES = 256
+"""Training sequences whose projections fix the tail's quantiles (evalkit.world.massive)."""
+
+
+def _plant_tail(model: torch.nn.Module, part: dict[str, np.ndarray], size: WorldSize) -> dict[str, float]:
+    """Plant the ordinary tokens' heavy tail after training; returns the held-out loss with it planted."""
+    calibration = torch.from_numpy(part["train"][:CALIBRATION_SEQUENCES].astype(np.int64))
+    acts = hook_activations(model, calibration, size.model.hook_name)[:, 1:]
+    plant_tail(model, calibration, float(acts.norm(dim=-1).median()), size.model.tail)
+    heldout = torch.from_numpy(part["heldout"].astype(np.int64))
+    return {"step": size.model.steps, "heldout_loss": heldout_loss(model, heldout), "tail_planted": 1.0}
 
 
 def _build(folder: Path, size: WorldSize) -> None:
@@ -201,6 +226,7 @@ def _build_all(folder: Path, size: WorldSize) -> None:
     t0 = time.perf_counter()
     model, history = train_model(part["train"], part["heldout"], size.model, tokenizer)
     timings["model_training"] = time.perf_counter() - t0
+    history.append(_plant_tail(model, part, size))
     entropy = unigram_entropy(part["train"], len(corpus.vocab))
     save_model(model, size.model, model_dir, {"history": history, "unigram_entropy": entropy})
 
@@ -213,8 +239,10 @@ def _build_all(folder: Path, size: WorldSize) -> None:
         str(folder / "sae_activations.safetensors"),
         metadata={"hook_name": size.model.hook_name},
     )
+    eval_tokens = torch.from_numpy(part["eval"].astype(np.int64))
+    eval_acts = hook_activations(model, eval_tokens, size.model.hook_name)
     timings["activations"] = time.perf_counter() - t0
-    stats = norm_stats(acts, sae_tokens, tokenizer, size.model.planted_tokens)
+    stats = norm_stats(eval_acts, eval_tokens, tokenizer, size.model.planted_tokens)
     info = {
         "timings_s": timings,
         "history": history,

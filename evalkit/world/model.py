@@ -1,12 +1,11 @@
 """The embedded world's tiny transformer-lens model: config, training with planted massive activations,
 save/load.
 
-Massive activations (Sun et al. 2024) are planted: BOS and the sentence delimiters get a fixed large value in
-a few
-embedding dimensions, re-written after every optimizer step so training cannot shrink them. Every sublayer
-reads the
-residual stream through LayerNorm, so the model does not need (or use) that magnitude; it still reaches the
-SAE hook.
+Massive activations (Sun et al. 2024) are planted in two ways. BOS gets a fixed large value in a few embedding
+dimensions, re-written after every optimizer step so training cannot shrink them; every sublayer reads the
+residual stream through LayerNorm, so the model does not need (or use) that magnitude, and it reaches the SAE
+hook as the largest token (excluded from evaluation as a special token). Ordinary tokens get a context-dependent
+heavy tail from reserved neurons of the last block's MLP, written after training (evalkit.world.massive).
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformers import PreTrainedTokenizerFast
 
+from evalkit.world.massive import TailSpec, clear_reserved
 from evalkit.world.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -47,12 +47,11 @@ class ModelSpec:
     eval_every: int = 100
     seed: int = 0
     massive_dims: tuple[int, ...] = (17, 61, 100)
-    # The planted value per massive dimension, for BOS and for sentence delimiters; chosen well above 20x the
-    # median
-    # token norm the trained model reaches at its last residual hook.
     massive_value_bos: float = 400.0
-    massive_value_delim: float = 250.0
-    planted_tokens: tuple[str, ...] = field(default=("<bos>", ".", "!", "?"))
+    """BOS's planted value in each massive dimension: BOS must reach the hook at >= 100x the median norm."""
+    planted_tokens: tuple[str, ...] = field(default=("<bos>",))
+    tail: TailSpec = field(default_factory=TailSpec)
+    """The context-dependent heavy tail of ordinary tokens (evalkit.world.massive)."""
 
     def hooked_config(self, d_vocab: int) -> HookedTransformerConfig:
         return HookedTransformerConfig(**self.hooked_kwargs(d_vocab))
@@ -81,12 +80,12 @@ class ModelSpec:
 
 
 def plant_massive(model: HookedTransformer, spec: ModelSpec, tokenizer: PreTrainedTokenizerFast) -> None:
-    """Write the fixed massive component into the planted tokens' embeddings (idempotent)."""
+    """Write BOS's fixed massive component into its embedding and keep the tail's neurons at zero (idempotent)."""
     dims = torch.tensor(spec.massive_dims)
     with torch.no_grad():
         for tok in spec.planted_tokens:
-            value = spec.massive_value_bos if tok == tokenizer.bos_token else spec.massive_value_delim
-            model.W_E[tokenizer.convert_tokens_to_ids(tok), dims] = value
+            model.W_E[tokenizer.convert_tokens_to_ids(tok), dims] = spec.massive_value_bos
+    clear_reserved(model, spec.tail)
 
 
 def _lr_at(step: int, spec: ModelSpec) -> float:

@@ -14,8 +14,10 @@ import itertools
 import json
 import logging
 import math
+import multiprocessing
 import time
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -28,10 +30,13 @@ from evalkit.sae.training_unit import CALIBRATION_BATCHES, calibrate_batch_thres
 from evalkit.world.build import World
 from evalkit.world.cache import cache_root, cached_entry
 from evalkit.world.zoo_init import init_from_data
+from evalkit.world.zoo_train import Convergence, ConvergingTrainer, record_training, write_curve
 
 log = logging.getLogger(__name__)
 
-ZOO_VERSION = 4  # 2: top-k family with unit encoder columns; 3: outlier-aware init; 4: batch-top-k threshold calibrated
+# 2: top-k family with unit encoder columns; 3: outlier-aware init; 4: batch-top-k threshold calibrated;
+# 5: trained until the loss levels off (curve and training facts saved), top-AFA with its AFA loss
+ZOO_VERSION = 5
 # Inference parameters that live in activation units: they scale with c when the SAE moves to raw activations.
 SCALED_PARAMS = ("b_enc", "b_dec", "b_gate", "b_mag", "threshold")
 
@@ -44,7 +49,8 @@ class ZooEntry:
     architecture: str
     params: dict[str, float | int | str | bool | list[int]] = field(default_factory=dict)
     seed: int = 0
-    steps: int = 120
+    steps: int = 4000
+    """The most steps it may train; it stops earlier once its loss has levelled off (ZooSize.convergence)."""
     outlier_init: bool = False
     """Start orthogonal to the massive tokens' directions (evalkit.world.zoo_init); set for the TopK family."""
 
@@ -58,6 +64,11 @@ OUTLIER_INIT_ARCHITECTURES = frozenset(
 )
 
 
+STANDARD_L1 = (1.0, 3.0, 10.0)
+AFA_COEFFICIENTS = (1 / 128, 1 / 32, 1 / 16)
+"""Three of the top-AFA reference's five afa_coeff values (1/128, 1/64, 1/32, 1/24, 1/16), spanning them."""
+
+
 def _sweep(prefix: str, arch: str, key: str, values: tuple[float, ...], steps: int, **extra: object) -> list[ZooEntry]:
     return [ZooEntry(f"{prefix}_{key}{v:g}", arch, {key: v, **extra}, 0, steps) for v in values]  # type: ignore[dict-item]
 
@@ -67,23 +78,26 @@ def _seeds(prefix: str, arch: str, params: dict[str, object], seeds: tuple[int, 
     return [ZooEntry(f"{prefix}_{tag}_seed{s}", arch, dict(params), s, steps) for s in seeds]  # type: ignore[arg-type]
 
 
-def zoo_entries(d_sae: int, steps: int = 120, ks: tuple[int, ...] = (16, 32, 64)) -> list[ZooEntry]:
-    """The zoo of WORLD.md: every variant; sparsity sweeps for standard/topk/batchtopk/cosine/aligned topk;
-    3 seeds for topk, aligned topk and cosine (at the middle k; seed 0 is the sweep's own member)."""
+def zoo_entries(
+    d_sae: int,
+    steps: int = 4000,
+    ks: tuple[int, ...] = (16, 32, 64),
+    afa_coefficients: tuple[float, ...] = AFA_COEFFICIENTS,
+) -> list[ZooEntry]:
+    """The zoo of WORLD.md: every variant; sparsity sweeps for standard/topk/batchtopk/cosine/aligned topk and
+    an AFA-coefficient sweep for top-AFA; 3 seeds for topk, aligned topk and cosine (at the middle k; seed 0 is
+    the sweep's own member). `steps` is each SAE's most steps (training stops when the loss levels off)."""
     mid = ks[len(ks) // 2]
     widths = [d_sae // 16, d_sae // 4, d_sae]
-    cos_steps = 2 * steps  # the cosine exponent a needs longer to settle
     # sae-lens rescales TopK latents by decoder norms by default; here that left ~1.5x more dead latents.
     plain = {"rescale_acts_by_decoder_norm": False}
     # Unit encoder columns (evalkit.sae.training_unit.UnitEncoderMixin): latents compete on direction, not on a
-    # grown encoder norm. On the default world, held-out dead share: topk k16/32/64 32/13/8% -> 2/0.2/0.1%,
+    # grown encoder norm. On the first world, held-out dead share: topk k16/32/64 32/13/8% -> 2/0.2/0.1%,
     # batchtopk k32/64 50/15% -> 6/1%, matryoshka 58% -> 10%. Decoder rows start at norm 0.3 (sae-lens: 0.1):
-    # the decoder now carries all of a latent's scale (k16 dead 55% at 0.1 vs 2% at 0.3). With the outlier-aware
-    # init as well every TopK-family SAE is under 1% dead; sae-lens' own topk/batchtopk/matryoshka classes with
-    # that init still end 15-56% dead, so the unit-encoder classes stay.
+    # the decoder now carries all of a latent's scale (k16 dead 55% at 0.1 vs 2% at 0.3).
     unit_enc = {**plain, "decoder_init_norm": 0.3}
     entries = [
-        *_sweep("standard", "standard", "l1_coefficient", (1.0, 3.0, 10.0), steps),
+        *_sweep("standard", "standard", "l1_coefficient", STANDARD_L1, steps),
         *_sweep("topk", "unit_enc_topk", "k", tuple(float(k) for k in ks), steps, **unit_enc),
         *_seeds("topk", "unit_enc_topk", {"k": mid, **unit_enc}, (1, 2), steps),
         *_sweep("batchtopk", "unit_enc_batchtopk", "k", tuple(float(k) for k in ks), steps, **unit_enc),
@@ -94,16 +108,18 @@ def zoo_entries(d_sae: int, steps: int = 120, ks: tuple[int, ...] = (16, 32, 64)
             0,
             steps,
         ),
-        # In 120 steps the JumpReLU threshold barely moves from its start, so the start sets l0: 0.1 gave l0 309
-        # with every latent dense (the l0 coefficient, 2 to 30, changed nothing); 0.5 gives l0 ~134, 1% dead.
+        # The JumpReLU threshold starts at 0.5 (sae-lens: 0.01-0.1): in short runs a low start left every
+        # latent dense (l0 309).
         ZooEntry("jumprelu", "jumprelu", {"l0_coefficient": 2.0, "jumprelu_init_threshold": 0.5}, 0, steps),
         ZooEntry("gated", "gated", {"l1_coefficient": 3.0}, 0, steps),
-        *_sweep("cosine", "cosine", "k", tuple(float(k) for k in ks), cos_steps),
-        *_seeds("cosine", "cosine", {"k": mid}, (1, 2), cos_steps),
-        ZooEntry(f"cosine_perfeature_k{mid}", "cosine", {"k": mid, "per_feature": True}, 0, cos_steps),
+        *_sweep("cosine", "cosine", "k", tuple(float(k) for k in ks), steps),
+        *_seeds("cosine", "cosine", {"k": mid}, (1, 2), steps),
+        ZooEntry(f"cosine_perfeature_k{mid}", "cosine", {"k": mid, "per_feature": True}, 0, steps),
         *_sweep("aligned_topk", "aligned_topk", "k", tuple(float(k) for k in ks), steps),
         *_seeds("aligned_topk", "aligned_topk", {"k": mid}, (1, 2), steps),
-        ZooEntry("topafa", "topafa", {}, 0, steps),
+        # Top-AFA trained with its AFA loss, as the reference's experiments (afa_coeff 1/128 ... 1/16); its
+        # config default 0.0 is plain top-k-by-norm training, not a top-AFA run.
+        *[ZooEntry(f"topafa_afa{_frac(a)}", "topafa", {"afa_loss_coefficient": a}, 0, steps) for a in afa_coefficients],
     ]
     # Integer k for every top-k family member (sae-lens topk wants an int).
     return [
@@ -117,6 +133,11 @@ def zoo_entries(d_sae: int, steps: int = 120, ks: tuple[int, ...] = (16, 32, 64)
     ]
 
 
+def _frac(a: float) -> str:
+    """1/32 -> '1_32' (folder names without dots)."""
+    return f"1_{round(1 / a)}" if a > 0 else "0"
+
+
 def _int_k(params: dict[str, object]) -> dict[str, object]:
     return {k: (int(v) if k == "k" else v) for k, v in params.items()}  # type: ignore[misc]
 
@@ -124,7 +145,11 @@ def _int_k(params: dict[str, object]) -> dict[str, object]:
 @dataclass(frozen=True)
 class ZooSize:
     d_sae_multiple: int = 8
-    steps: int = 120
+    steps: int = 4000
+    """Each SAE's most steps; `convergence` stops it earlier once its loss has levelled off."""
+    convergence: Convergence = field(default_factory=Convergence)
+    workers: int = 2
+    """SAEs trained at once, one process and one thread each (the result does not depend on it)."""
     batch_size: int = 512
     lr: float = 1e-3
     ks: tuple[int, ...] = (16, 32, 64)
@@ -134,7 +159,8 @@ class ZooSize:
     """Decoder directions start at random ordinary tokens: here it cut dead TopK latents by ~30-50%."""
     train_norm_cap: float | None = None
     """When set, training (not evaluation) drops tokens whose norm exceeds this multiple of the median, as
-    the cosine paper trained. Off by default: at 10 ("capped") dead latents fell (batchtopk k=16 76% -> 14%,
+    the cosine paper trained. Off by default. On the first world (one fixed massive vector on the sentence
+    delimiters, 120-step training) at 10 ("capped") dead latents fell (batchtopk k=16 76% -> 14%,
     topk k=32 13% -> 7%) and FVU on ordinary tokens improved, but the massive tokens, 8% of evaluation
     tokens and most of its variance, went unreconstructed (FVU over all tokens 0.0004-0.004 -> 0.5-1.07)
     and batch-top-k thresholds fired ~600 latents on them. `benchmarks/bench_world.py --zoo-size capped`."""
@@ -143,7 +169,14 @@ class ZooSize:
 ZOO_SIZES = {
     "default": ZooSize(),
     "capped": ZooSize(train_norm_cap=10.0),
-    "small": ZooSize(d_sae_multiple=4, steps=6, batch_size=64, ks=(4, 8, 12)),
+    "small": ZooSize(
+        d_sae_multiple=4,
+        steps=60,
+        convergence=Convergence(min_steps=20, check_every=10),
+        workers=1,
+        batch_size=64,
+        ks=(4, 8, 12),
+    ),
 }
 
 
@@ -212,7 +245,6 @@ def train_one(
     from sae_lens.config import LoggingConfig, SAETrainerConfig
     from sae_lens.registry import get_sae_training_class
     from sae_lens.saes.sae import SAEMetadata
-    from sae_lens.training.sae_trainer import SAETrainer
 
     ensure_registered()
     sae_cls, cfg_cls = get_sae_training_class(entry.architecture)
@@ -259,20 +291,25 @@ def train_one(
         lr_end=zoo.lr,
         lr_warm_up_steps=5,
         dead_feature_window=zoo.dead_window,
-        feature_sampling_window=entry.steps,
+        feature_sampling_window=1000,
         logger=LoggingConfig(log_to_wandb=False),
         n_batches_for_norm_estimate=1,
     )
     data = _batches(acts_ND / c, zoo.batch_size, 1000 + entry.seed, on_step)
     t0 = time.perf_counter()
-    SAETrainer(trainer_cfg, sae, data).fit()
+    trainer = ConvergingTrainer(trainer_cfg, sae, data, zoo.convergence)
+    trainer.fit()
     if isinstance(sae, BatchTopKTrainingSAE):  # matryoshka included
         held = _batches(acts_ND / c, zoo.batch_size, 2000 + entry.seed, lambda: None)
         calibrate_batch_threshold(sae, itertools.islice(held, CALIBRATION_BATCHES))
     seconds = time.perf_counter() - t0
     sae.save_inference_model(out)
     rescale_saved_sae(out, c)
-    record: dict[str, object] = {**asdict(entry), "train_seconds": seconds}
+    facts = {"trained_on": f"{world.fingerprint} {world.hook_name}, BOS excluded", "activation_scale": c}
+    facts |= trainer.summary(zoo.batch_size, len(acts_ND))
+    record_training(out, facts)
+    write_curve(trainer.curve, out)
+    record: dict[str, object] = {**asdict(entry), "train_seconds": seconds, **facts}
     if trajectory:
         trajectory.append(
             {
@@ -298,14 +335,45 @@ def _build_zoo(folder: Path, world: World, zoo: ZooSize) -> None:
 def _train_all(folder: Path, world: World, zoo: ZooSize) -> None:
     all_ND = training_tokens(world)
     c = activation_scale(all_ND)  # from every token: the scale and saved units never depend on the cap
-    acts_ND = all_ND[ordinary_mask(all_ND, zoo.train_norm_cap)].contiguous()
-    records = []
-    for entry in zoo_entries(zoo.d_sae_multiple * world.d_model, zoo.steps, zoo.ks):
-        log.info("zoo: training %s (%s, %d steps)", entry.name, entry.architecture, entry.steps)
-        records.append(train_one(entry, acts_ND, c, world, zoo, folder / entry.name)[0])
+    n_train = int(ordinary_mask(all_ND, zoo.train_norm_cap).sum())
+    entries = zoo_entries(zoo.d_sae_multiple * world.d_model, zoo.steps, zoo.ks)
+    jobs = [(entry, world, zoo, folder / entry.name) for entry in entries]
+    if zoo.workers <= 1:
+        records = [_train_job(*job) for job in jobs]
+    else:
+        # One process per SAE at a time: each trains on one thread from its own seed, so the result is the
+        # same as training them one after another.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=zoo.workers, mp_context=context) as pool:
+            records = list(pool.map(_train_job, *zip(*jobs, strict=True)))
     (folder / "zoo.json").write_text(
-        json.dumps({"activation_scale": c, "n_train_tokens": len(acts_ND), "saes": records}, indent=1)
+        json.dumps({"activation_scale": c, "n_train_tokens": n_train, "saes": records}, indent=1)
     )
+
+
+_TOKENS: dict[str, torch.Tensor] = {}
+"""Per process: the world's training tokens (loaded once, reused for every SAE that process trains)."""
+
+
+def _train_job(entry: ZooEntry, world: World, zoo: ZooSize, out: Path) -> dict[str, object]:
+    torch.set_num_threads(1)
+    key = str(world.activations_path)
+    if key not in _TOKENS:
+        _TOKENS.clear()
+        _TOKENS[key] = training_tokens(world)
+    all_ND = _TOKENS[key]
+    c = activation_scale(all_ND)
+    acts_ND = all_ND[ordinary_mask(all_ND, zoo.train_norm_cap)].contiguous()
+    log.info("zoo: training %s (%s, at most %d steps)", entry.name, entry.architecture, entry.steps)
+    record = train_one(entry, acts_ND, c, world, zoo, out)[0]
+    log.info(
+        "zoo: %s: %d steps, final loss %.4g, converged %s",
+        entry.name,
+        record["steps"],
+        record["final_loss"],
+        record["converged"],
+    )
+    return record
 
 
 def build_zoo(world: World, cache_dir: Path | str | None = None, size: str | None = None) -> Path:
@@ -314,7 +382,8 @@ def build_zoo(world: World, cache_dir: Path | str | None = None, size: str | Non
     zoo = ZOO_SIZES[size if size in ZOO_SIZES else "default"]
     # Every entry's recipe is in the key, so editing zoo_entries rebuilds the zoo; ZOO_VERSION covers training code.
     entries = [asdict(e) for e in zoo_entries(zoo.d_sae_multiple * world.d_model, zoo.steps, zoo.ks)]
-    config = {"zoo_version": ZOO_VERSION, "world": world.fingerprint, **asdict(zoo), "entries": entries}
+    recipe = {k: v for k, v in asdict(zoo).items() if k != "workers"}  # the result does not depend on workers
+    config = {"zoo_version": ZOO_VERSION, "world": world.fingerprint, **recipe, "entries": entries}
     root = cache_root(cache_dir) if cache_dir is not None else world.root.parent.parent
     return cached_entry(root, "zoo", config, lambda folder: _build_zoo(folder, world, zoo))
 
