@@ -18,6 +18,7 @@ import pandas as pd
 from markupsafe import Markup
 
 from reports.cards import cards_section
+from reports.claims import claims_table, write_claims
 from reports.load import RunTables, load_run
 from reports.matched import build_families, compute_matched, write_matched
 from reports.plots import Figure
@@ -135,6 +136,7 @@ def write_report(
     tables = load_run(*(sources or [out]))
     matched = compute_matched(tables, by=by, targets=targets)
     write_matched(matched, out)
+    write_claims(claims_table(tables), out)
     path = out / "report.html"
     tmp = path.with_suffix(".html.tmp")
     tmp.write_text(render_report(tables, matched, by), encoding="utf-8")

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from reports import plots
+from reports.claims import claims_section
 from reports.load import RunTables, read_afa_samples
 from reports.matched import OUT_OF_RANGE, Family
 from reports.views import Section, TableView, table_view
@@ -348,6 +349,7 @@ def autointerp_section(data: ReportData) -> Section:
 
 SECTION_BUILDERS: tuple[Callable[[ReportData], Section], ...] = (
     summary_section,
+    claims_section,  # the seed-paper verdicts, right after the first-screen leaderboard
     pareto_section,
     matched_section,
     density_section,

@@ -64,9 +64,8 @@ def test_cache_root_honours_env(monkeypatch, tmp_path) -> None:
 
 def test_planted_massive_activations(world) -> None:
     norms = world.info["norms"]
-    assert norms["planted_over_median"]["<bos>"] >= 20
-    assert norms["planted_over_median"]["."] >= 20
-    assert norms["max_over_median"] >= 20
+    assert norms["planted_over_median"]["<bos>"] >= 100
+    assert norms["max_over_median"] >= 10  # the ordinary tokens' tail
 
 
 def test_model_folder_loads_like_any_model(world) -> None:

@@ -12,6 +12,7 @@ from sae_lens import SAE
 
 from evalkit.world.build import build_world
 from evalkit.world.zoo import ZOO_SIZES, ZooEntry, activation_scale, train_one, training_tokens, zoo_entries
+from evalkit.world.zoo_train import levelled_off, read_curve
 
 # Architectures whose training forward pass equals the inference one (batch top-k differs by design).
 SAME_FORWARD = {"standard", "unit_enc_topk", "jumprelu", "gated", "cosine", "aligned_topk", "topafa"}
@@ -101,7 +102,7 @@ def test_every_variant_trains_and_loads_with_sae_lens(world, tmp_path) -> None:
             )
         if arch == "cosine":
             trajectory = json.loads((out / "cosine_a_trajectory.json").read_text())
-            assert trajectory[0]["step"] == 0 and trajectory[-1]["step"] == entry.steps
+            assert trajectory[0]["step"] == 0 and trajectory[-1]["step"] == record["steps"]
             assert record["a_final"] == trajectory[-1]["a_mean"]
 
 
@@ -121,13 +122,19 @@ def test_default_world_and_zoo() -> None:
     assert losses[-1] < 0.6 * world.info["unigram_entropy"]
     after_400 = [p["heldout_loss"] for p in history if p["step"] >= 400]
     assert after_400[-1] < after_400[0]  # still falling well past the first few hundred steps
-    assert world.info["norms"]["planted_over_median"]["."] >= 20
+    norms = world.info["norms"]
+    assert norms["planted_over_median"]["<bos>"] >= 100
+    assert 0.1 <= norms["variance_share_above_10x"] <= 0.6
+    assert 10 <= norms["max_over_median"] <= 60
     zoo = build_zoo(world)
-    names = [s["name"] for s in json.loads((zoo / "zoo.json").read_text())["saes"]]
-    assert len(names) >= 26
-    for name in names:
-        sae = SAE.load_from_disk(str(zoo / name))
+    records = json.loads((zoo / "zoo.json").read_text())["saes"]
+    assert len(records) >= 28
+    for record in records:
+        sae = SAE.load_from_disk(str(zoo / record["name"]))
         assert sae.cfg.d_in == world.d_model and sae.cfg.d_sae == 8 * world.d_model
+        assert record["converged"], record["name"]  # every SAE trained until its loss levelled off
+        losses = [row["loss"] for row in read_curve(zoo / record["name"])]
+        assert len(losses) == record["steps"] and levelled_off(losses)
 
 
 def test_small_zoo_builds_are_bit_identical(world, tmp_path) -> None:
@@ -141,7 +148,7 @@ def test_small_zoo_builds_are_bit_identical(world, tmp_path) -> None:
     first = build_zoo(world, cache_dir=tmp_path / "a")
     second = build_zoo(world, cache_dir=tmp_path / "b")
     assert first != second and content(first) == content(second)
-    assert sum(rel.endswith("sae_weights.safetensors") for rel in content(first)) == 26
+    assert sum(rel.endswith("sae_weights.safetensors") for rel in content(first)) == 28
 
 
 def test_ordinary_mask_hand_case() -> None:
@@ -166,7 +173,7 @@ def test_norm_cap_trains_on_ordinary_tokens_and_changes_the_cache_key(world, tmp
     acts = training_tokens(world)
     norms = acts.norm(dim=-1)
     n_ordinary = int((norms <= 3.0 * norms.median()).sum())
-    assert 0 < n_ordinary < len(acts)  # the small world's planted delimiters exceed 3x the median
+    assert 0 < n_ordinary < len(acts)  # the small world's heavy tail reaches past 3x the median
     plain_info = json.loads((plain / "zoo.json").read_text())
     capped_info = json.loads((capped / "zoo.json").read_text())
     assert plain_info["n_train_tokens"] == len(acts) and capped_info["n_train_tokens"] == n_ordinary

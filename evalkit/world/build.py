@@ -47,7 +47,7 @@ SIZES: dict[str, WorldSize] = {
         n_eval=512,
         n_sae=1536,
         # 600 steps of 8 x 128 tokens: a couple of minutes on 2 cores; the loss is still falling at the end.
-        model=ModelSpec(steps=600, batch_size=8, eval_every=50, massive_value_bos=6000.0),
+        model=ModelSpec(steps=600, batch_size=8, eval_every=50, massive_value_bos=9000.0),
     ),
     # For tests: a 2-layer d_model-32 model trained for a few steps; same code path, seconds instead of
     # minutes.

@@ -32,11 +32,11 @@ class TailSpec:
     n_directions: int = 6
     """Groups of neurons; each reads its own direction of the MLP input and writes its own direction."""
     anchors: tuple[tuple[float, float], ...] = (
-        (0.8, 0.0),
-        (0.95, 1.5),
-        (0.99, 3.5),
-        (0.999, 10.0),
-        (0.9999, 30.0),
+        (0.9, 0.0),
+        (0.97, 1.5),
+        (0.995, 4.0),
+        (0.9995, 12.0),
+        (0.99995, 30.0),
     )
     """(quantile of the projection p_k over calibration tokens, extra norm / median token norm): the extra
     norm is 0 below the first quantile and passes through every point."""
