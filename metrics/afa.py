@@ -224,9 +224,7 @@ def decoder_gram_stats(W_dec_FD: torch.Tensor, block: int = DECODER_BLOCK) -> tu
     return largest, total / (h * (h - 1) / 2), duplicates
 
 
-@weights_metric(
-    "decoder_eps", group="afa", produces=("decoder_eps_max", "decoder_eps_mean", "decoder_duplicate_pairs")
-)
+@weights_metric("decoder_eps", group="afa", produces=("decoder_eps_max", "decoder_eps_mean", "decoder_duplicate_pairs"))
 def decoder_eps_metric(sae: torch.nn.Module, ctx: EvalContext) -> list[MetricValue]:
     eps_max, eps_mean, duplicates = decoder_gram_stats(sae.W_dec)
     return [
