@@ -21,12 +21,13 @@ formulas, including the ones that are not what their name says:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from evalkit.core.records import EvalContext, MetricValue, SaeBatch
-from metrics.base import stream_metric, weights_metric
+from metrics.base import State, StateValue, SumState, stream_metric, weights_metric
 
 SEQ_INDEX_KEY = "seq_index"
 """SaeBatch.extras key under which the runner passes each kept token's sequence index."""
@@ -58,8 +59,10 @@ def _sequence_ids(positions_T: torch.Tensor) -> torch.Tensor:
     ),
     per_latent=("consistent_activation_heuristic",),
 )
-class SaeBenchCore:
+class SaeBenchCore(SumState):
     """SAEBench's per-batch-normalised mse, input/output norms, density shares and per-sequence firing counts."""
+
+    SUMS = ("n_tokens", "sum_err_over_batch", "sum_norm_in", "sum_norm_out")
 
     def __init__(self, sae: Any, ctx: EvalContext) -> None:
         self.n_tokens = 0
@@ -92,6 +95,30 @@ class SaeBenchCore:
         seqs_F = (per_seq_SF > 0).sum(0, dtype=torch.float64)
         self.fires_F = fires_F if self.fires_F is None else self.fires_F + fires_F
         self.seqs_F = seqs_F if self.seqs_F is None else self.seqs_F + seqs_F
+
+    def state_dict(self) -> State:
+        empty = torch.empty(0, dtype=torch.float64)
+        fires_F = empty if self.fires_F is None else self.fires_F.clone()
+        seqs_F = empty if self.seqs_F is None else self.seqs_F.clone()
+        return {**super().state_dict(), "fires_F": fires_F, "seqs_F": seqs_F}
+
+    def load_state_dict(self, state: Mapping[str, StateValue]) -> None:
+        super().load_state_dict(state)
+        fires_F, seqs_F = state["fires_F"], state["seqs_F"]
+        assert isinstance(fires_F, torch.Tensor) and isinstance(seqs_F, torch.Tensor)
+        self.fires_F = fires_F.double().clone() if fires_F.numel() else None
+        self.seqs_F = seqs_F.double().clone() if seqs_F.numel() else None
+
+    def merge(self, other: SaeBenchCore) -> None:
+        """Sequences are whole within a batch, so per-sequence firing counts add across shards."""
+        super().merge(other)
+        if other.fires_F is None or other.seqs_F is None:
+            return
+        if self.fires_F is None or self.seqs_F is None:
+            self.fires_F, self.seqs_F = other.fires_F.clone(), other.seqs_F.clone()
+            return
+        self.fires_F = self.fires_F + other.fires_F
+        self.seqs_F = self.seqs_F + other.seqs_F
 
     def compute(self) -> list[MetricValue]:
         if self.n_tokens == 0 or self.fires_F is None or self.seqs_F is None:
