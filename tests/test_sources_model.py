@@ -91,8 +91,8 @@ def test_model_source_streams_lazily(world, tmp_path, monkeypatch) -> None:
     read: list[int] = []
     original = text_module._iter_txt
 
-    def counting(path):
-        for doc in original(path):
+    def counting(path, text_column=None):
+        for doc in original(path, text_column):
             read.append(1)
             yield doc
 
