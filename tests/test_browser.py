@@ -248,6 +248,7 @@ def test_report_renders_offline_without_errors(tmp_path: Path) -> None:
     assert dom["summaryRows"] == 9
     assert dom["sections"] == [
         "summary",
+        "claims",
         "pareto",
         "matched",
         "density",
