@@ -14,6 +14,7 @@ from reports.html import figure_json, plotly_bundle, write_report
 
 SECTIONS = (
     "summary",
+    "claims",
     "pareto",
     "matched",
     "density",
