@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -103,7 +104,10 @@ def _version() -> str:
         return "unknown"
 
 
-def render_report(tables: RunTables, matched: pd.DataFrame, match_by: str) -> str:
+def render_report(
+    tables: RunTables, matched: pd.DataFrame, match_by: str, source_labels: Sequence[str] | None = None
+) -> str:
+    """The page's HTML; `source_labels` name the folders read (default: their paths as given)."""
     data = ReportData(tables=tables, families=build_families(tables), matched=matched, match_by=match_by)
     sections = [builder(data) for builder in SECTION_BUILDERS] + [cards_section(tables)]
     return (
@@ -112,7 +116,7 @@ def render_report(tables: RunTables, matched: pd.DataFrame, match_by: str) -> st
         .render(
             title="evalkit report",
             version=_version(),
-            sources=[str(d) for d in tables.dirs],
+            sources=list(source_labels) if source_labels is not None else [str(d) for d in tables.dirs],
             n_saes=len(tables.saes),
             sections=[_render_section(s) for s in sections],
             css=Markup(_asset("report.css")),
@@ -139,7 +143,9 @@ def write_report(
     write_claims(claims_table(tables), out)
     path = out / "report.html"
     tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(render_report(tables, matched, by), encoding="utf-8")
+    # Folders named relative to the report: the page moves with its folder, and a resumed run writes the same bytes.
+    labels = [os.path.relpath(d, out) for d in tables.dirs]
+    tmp.write_text(render_report(tables, matched, by, labels), encoding="utf-8")
     tmp.replace(path)
     log.info("report: %s", path)
     return path

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -91,7 +92,11 @@ def summary_section(data: ReportData) -> Section:
     every = sorted(data.tables.sae_metrics.columns)
     all_rows = [[sae_id, *[_metric(data, sae_id, m) for m in every]] for sae_id in sorted(saes.index)]
     section.tables.append(table_view(["sae_id", *every], all_rows, "Every SAE-level metric", sortable=True))
-    section.notes.extend(f"Not found: {path}" for path in data.tables.missing)
+    # Named by file (and folder, when several were read), never by absolute path: the page moves with its folder.
+    several = len(data.tables.dirs) > 1
+    section.notes.extend(
+        f"Not found: {Path(path).parent.name + '/' if several else ''}{Path(path).name}" for path in data.tables.missing
+    )
     return section
 
 

@@ -13,8 +13,12 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from evalkit.world.build import SIZES, World, build_world
+from evalkit.core.defaults import WORLD_SIZE_NAMES
+
+if TYPE_CHECKING:  # the world pulls in torch and transformer-lens: imported only when the demo runs
+    from evalkit.world.build import World
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +50,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}/)")
     p.add_argument(
         "--size",
-        choices=sorted(SIZES),
+        choices=WORLD_SIZE_NAMES,
         default="default",
         help="world and zoo size; 'small' is a seconds-scale version for tests (default: default)",
     )
@@ -74,7 +78,8 @@ def run_arguments(out_dir: Path, zoo_dir: Path, world: World, force: bool = Fals
     parser = argparse.ArgumentParser(prog="evalkit")
     run_cli.add_commands(parser.add_subparsers(dest="command"))
     argv = ["run", "--sae", str(zoo_dir), "--metrics", DEMO_METRICS, "--autointerp", DEMO_AUTOINTERP]
-    argv += ["--out", str(out_dir)] + (["--force"] if force else [])
+    # The demo writes report.html itself, as its own timed stage.
+    argv += ["--out", str(out_dir), "--no-report"] + (["--force"] if force else [])
     args = parser.parse_args(argv)
     # The world object itself (not only its size) selects the embedded-world source, so a non-default size or
     # cache folder evaluates on the same world the zoo was trained on.
@@ -82,9 +87,16 @@ def run_arguments(out_dir: Path, zoo_dir: Path, world: World, force: bool = Fals
     return args
 
 
+STAGES = ("world", "zoo", "evaluation", "report")
+
+
+def _stage(stage: str, what: str, *args: object) -> None:
+    log.info(f"demo: stage %d/%d, %s: {what}", STAGES.index(stage) + 1, len(STAGES), stage, *args)
+
+
 def _timed(timings: dict[str, float], stage: str, t0: float) -> None:
     timings[stage] = round(time.perf_counter() - t0, 3)
-    log.info("demo: %s done in %.1f s", stage, timings[stage])
+    log.info("demo: stage %d/%d, %s, done in %.1f s", STAGES.index(stage) + 1, len(STAGES), stage, timings[stage])
 
 
 def run_demo(
@@ -99,25 +111,27 @@ def run_demo(
     `zoo_dir` evaluates an existing folder of SAEs trained on this world instead of building the zoo.
     """
     from evalkit.app.run_cli import run_command
+    from evalkit.world.build import build_world
     from reports.html import write_report
 
     out = Path(out_dir)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    log.info("demo: building or loading the embedded world (size %s)", size)
+    _stage("world", "building or loading the embedded world (size %s)", size)
     world = build_world(cache_dir=cache_dir, size=size)
     _timed(timings, "world", t0)
 
     t0 = time.perf_counter()
     if zoo_dir is None:
-        log.info("demo: building or loading the SAE zoo")
+        _stage("zoo", "building or loading the SAE zoo")
         zoo = build_demo_zoo(world, cache_dir)
     else:
         zoo = Path(zoo_dir)
     _timed(timings, "zoo", t0)
 
     t0 = time.perf_counter()
-    log.info("demo: evaluating every SAE in %s (metrics %s, autointerp %s)", zoo, DEMO_METRICS, DEMO_AUTOINTERP)
+    n_saes = sum(1 for _ in zoo.rglob("cfg.json"))
+    _stage("evaluation", "%d SAEs in %s (metrics %s, autointerp %s)", n_saes, zoo, DEMO_METRICS, DEMO_AUTOINTERP)
     # `evalkit run` itself limits BLAS to one thread (many small scikit-learn fits).
     status = run_command(run_arguments(out, zoo, world, force))
     if status != 0:
@@ -125,6 +139,7 @@ def run_demo(
     _timed(timings, "evaluation", t0)
 
     t0 = time.perf_counter()
+    _stage("report", "writing %s", out / "report.html")
     report = write_report(out)
     _timed(timings, "report", t0)
     return DemoResult(report, out, world.root, zoo, timings)

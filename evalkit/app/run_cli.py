@@ -7,29 +7,21 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from threadpoolctl import threadpool_limits
-
-from evalkit.app.run_autointerp import AutointerpStage
+from evalkit.core.defaults import DEFAULT_BATCH_TOKENS, DTYPE_NAMES
 from evalkit.core.errors import EvalkitInputError
-from evalkit.core.identity import JsonValue
-from evalkit.core.io import atomic_write_text, evalkit_version
-from evalkit.engine.outputs import SaeOutput, write_outputs
-from evalkit.engine.runconfig import DataSource, EvalSettings, SaeLike, seed_groups
-from evalkit.engine.runner import Runner, RunOutcome, context_for
-from evalkit.engine.store import ResultStore
-from evalkit.sources.base import DEFAULT_BATCH_TOKENS, ActivationSource
-from metrics.base import GROUPS, MetricSpec, load_metric_modules, select_metrics
+
+# Everything heavy (torch, sae-lens, the engine, the metrics) is imported inside the functions that run, so
+# `evalkit run --help` answers in well under a second (tests/test_app_startup.py).
+if TYPE_CHECKING:
+    from evalkit.core.identity import JsonValue
+    from evalkit.engine.runconfig import DataSource, EvalSettings, SaeLike
+    from evalkit.engine.runner import RunOutcome
+    from evalkit.sources.base import ActivationSource
+    from metrics.base import MetricSpec
 
 log = logging.getLogger(__name__)
-DTYPES = {
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -84,7 +76,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     )
     p.add_argument("--out", default="evalkit-out", type=Path, help="output folder (default evalkit-out/)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="SAE compute dtype (default float32)")
+    p.add_argument("--dtype", default="float32", choices=DTYPE_NAMES, help="SAE compute dtype (default float32)")
     p.add_argument("--seed", type=int, default=0, help="seed for sampling done by metrics (default 0)")
     p.add_argument(
         "--exclude-special",
@@ -125,10 +117,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
         metavar="FILE",
         help="token-level concept labels (.safetensors with tensor 'labels' and metadata 'label_names')",
     )
+    p.add_argument("--no-report", action="store_true", help="do not write report.html (`evalkit report DIR` can later)")
     p.set_defaults(func=run_command)
 
 
 def settings_from_args(args: argparse.Namespace) -> EvalSettings:
+    from evalkit.engine.runconfig import EvalSettings
+
     for name in ("tokens", "batch_size", "seq_len"):
         value = getattr(args, name)
         if value is not None and value <= 0:
@@ -149,6 +144,8 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
 
 
 def load_all_saes(paths: Sequence[str], fmt: str | None, device: str, dtype: str) -> list[SaeLike]:
+    import torch
+
     from evalkit.sae.loaders.formats import load_saes
 
     saes: list[SaeLike] = []
@@ -160,13 +157,15 @@ def load_all_saes(paths: Sequence[str], fmt: str | None, device: str, dtype: str
             if s.sae_id not in seen:
                 seen[s.sae_id] = s.path
                 if dtype != "float32":
-                    s.sae.to(DTYPES[dtype])
+                    s.sae.to(getattr(torch, dtype))
                 saes.append(s)
     return saes
 
 
 def _adapt(source: ActivationSource, hook: str) -> DataSource:
     """An evalkit.sources source as the runner's DataSource (a model source brings its model, for CE/KL)."""
+    from evalkit.engine.runconfig import DataSource
+
     info = source.info.as_dict()
     description: dict[str, JsonValue] = {
         k: v if isinstance(v, str | int | float | bool) or v is None else str(v) for k, v in info.items()
@@ -263,6 +262,10 @@ def run_info(
     notes: list[str],
     wall_s: float,
 ) -> dict[str, JsonValue]:
+    from evalkit.core.io import evalkit_version
+    from evalkit.engine.runconfig import seed_groups
+    from evalkit.engine.runner import context_for
+
     sources: dict[str, JsonValue] = {}
     for hook, data in outcome.hooks.items():
         sources[hook] = {
@@ -328,11 +331,20 @@ def _explicit_groups(args: argparse.Namespace) -> list[list[str]]:
 def run_command(args: argparse.Namespace) -> int:
     # Many small scikit-learn fits (probing): multi-threaded BLAS made each one ~25x slower on 2 busy cores,
     # so every run (not only the demo) uses one BLAS thread; torch's own thread pool is left alone.
+    from threadpoolctl import threadpool_limits
+
     with threadpool_limits(limits=1, user_api="blas"):
         return _run_command(args)
 
 
 def _run_command(args: argparse.Namespace) -> int:
+    from evalkit.app.run_autointerp import AutointerpStage
+    from evalkit.core.io import atomic_write_text
+    from evalkit.engine.outputs import SaeOutput, write_outputs
+    from evalkit.engine.runner import Runner
+    from evalkit.engine.store import ResultStore
+    from metrics.base import GROUPS, load_metric_modules, select_metrics
+
     t0 = time.perf_counter()
     settings = settings_from_args(args)
     failed = load_metric_modules()
@@ -371,4 +383,8 @@ def _run_command(args: argparse.Namespace) -> int:
         len(outcome.reused),
         args.out,
     )
+    if not args.no_report:
+        from reports.html import write_report
+
+        write_report(args.out)
     return 0

@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from typing import TYPE_CHECKING
 
-from evalkit.world.build import SIZES, World, build_world
+from evalkit.core.defaults import WORLD_SIZE_NAMES
+
+if TYPE_CHECKING:  # torch and transformer-lens: imported only when a command runs, so --help stays fast
+    from evalkit.world.build import World
 
 log = logging.getLogger("evalkit.world")
 
@@ -14,7 +18,7 @@ log = logging.getLogger("evalkit.world")
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--size",
-        choices=sorted(SIZES),
+        choices=WORLD_SIZE_NAMES,
         default="default",
         help="'small' is a seconds-sized world for tests (default: %(default)s)",
     )
@@ -83,11 +87,14 @@ def describe_world(world: World) -> None:
 
 
 def run_world(args: argparse.Namespace) -> int:
+    from evalkit.world.build import build_world
+
     describe_world(build_world(args.cache_dir, args.size))
     return 0
 
 
 def run_zoo(args: argparse.Namespace) -> int:
+    from evalkit.world.build import build_world
     from evalkit.world.zoo import build_zoo
 
     world = build_world(args.cache_dir, args.size)

@@ -12,9 +12,8 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from evalkit.core.batch import ActivationBatch
+from evalkit.core.defaults import DEFAULT_BATCH_TOKENS  # noqa: E402,F401  (one definition, light for --help)
 from evalkit.core.errors import EvalkitInputError
-
-DEFAULT_BATCH_TOKENS = 4096
 
 
 @dataclass(frozen=True)
