@@ -9,6 +9,7 @@ requests and is reported in `stop_reason`, with every finished result kept.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, replace
@@ -96,6 +97,8 @@ class AutointerpResult:
     stop_status: str | None = None
     """budget_exhausted, unreachable or auth_error when stop_reason is set."""
     base_url: str = ""
+    sent: Usage = field(default_factory=Usage)
+    """What this process actually sent; `usage` is what the results took (earlier runs' cached replies included)."""
 
     def input_error(self) -> EvalkitInputError | None:
         """For the CLI, after writing the results: an unreachable endpoint or a refused key is bad input
@@ -183,14 +186,15 @@ async def _run(
             await llm.aclose()
     rows += _unscored_rows(chosen, examples, explanations, config)
     rows.sort(key=lambda r: (r.latent, r.scorer))
-    usage = llm.usage if llm is not None else Usage()
-    stop_reason = llm.stop_reason if llm is not None else None
+    usage = llm.totals() if llm is not None else Usage()
+    sent = dataclasses.replace(llm.sent) if llm is not None else Usage()
+    stop_reason = llm.final_stop_reason() if llm is not None else None
     stop_status = llm.stop_status if stop_reason else None
     if stop_reason:
         log.error("autointerp stopped early: %s; finished results are kept", stop_reason)
     n_insufficient = sum(e.status == "insufficient_examples" for e in examples.values())
     metrics = aggregate(rows, explanations, usage, n_insufficient)
-    return AutointerpResult(rows, metrics, explanations, usage, stop_reason, stop_status, config.base_url)
+    return AutointerpResult(rows, metrics, explanations, usage, stop_reason, stop_status, config.base_url, sent)
 
 
 async def _score_all(

@@ -89,7 +89,10 @@ def test_clean_run_scores_planted_latents_and_rerun_sends_nothing(examples, tmp_
         assert first.usage.prompt_tokens == srv.log.prompt_tokens  # usage comes from the server's replies
         second = run_autointerp(examples, decode, config, tmp_path / "cache")
         assert srv.n_requests == N_PLANTED * per_latent  # every reply came from the disk cache
-        assert second.usage.cache_hits == N_PLANTED * per_latent and second.usage.requests == 0
+        assert second.sent.cache_hits == N_PLANTED * per_latent and second.sent.requests == 0
+        # The results report what they took, wherever the replies came from (issue #14: resume == uninterrupted).
+        assert second.usage.requests == first.usage.requests == N_PLANTED * per_latent
+        assert second.usage.cost_usd == first.usage.cost_usd
         assert [r.as_dict() for r in second.rows] == [r.as_dict() for r in first.rows]
 
 

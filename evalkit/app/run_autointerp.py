@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from evalkit.core.identity import stable_hash
-from evalkit.core.io import atomic_write_text, file_stem
+from evalkit.core.io import atomic_write_text, dump_checked, file_stem, load_checked
 from evalkit.core.records import ResultKey, Shard
 from evalkit.engine.runconfig import DataSource, EvalSettings, SaeLike
 from evalkit.engine.store import ResultStore
@@ -78,6 +78,9 @@ class AutointerpStage:
             for s in saes
         }
         todo = {s.sae_id: s.d_sae for s in saes if settings.force or not self._cached(s.sae_id)}
+        self.llm_usage: dict[str, dict[str, dict[str, int | float]]] = {}
+        """Per scored SAE: what this process sent, and what the results took (replies cached by an earlier,
+        perhaps killed, run included); run.json's execution block reports both."""
         self.observer = AutointerpObserver(config, todo)
 
     def _rows_path(self, key: ResultKey) -> Path:
@@ -85,7 +88,11 @@ class AutointerpStage:
 
     def _cached(self, sae_id: str) -> bool:
         key = self.keys[sae_id]
-        return self.store.has(key) and self._rows_path(key).is_file()
+        return self.store.has(key) and self._rows(key) is not None
+
+    def _rows(self, key: ResultKey) -> list[dict[str, str | int | float | None]] | None:
+        record = load_checked(self._rows_path(key), "autointerp rows")
+        return None if record is None else list(record["rows"])
 
     def finish(
         self, saes: Sequence[SaeLike], hook_of: dict[str, str], n_tokens: dict[str, int]
@@ -102,7 +109,7 @@ class AutointerpStage:
                 notes += [note] if note else []
             else:
                 shards[s.sae_id] = self.store.load(key)
-                rows_by_sae[s.sae_id] = json.loads(self._rows_path(key).read_text(encoding="utf-8"))
+                rows_by_sae[s.sae_id] = self._rows(key) or []
         return shards, self._csv(saes, rows_by_sae), notes
 
     def _score(
@@ -116,9 +123,13 @@ class AutointerpStage:
         text = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
         atomic_write_text(self.out_dir / "examples" / f"{file_stem(s.sae_id)}.jsonl", text)
         rows = [r.as_dict() for r in result.rows]
+        self.llm_usage[s.sae_id] = {
+            "sent_this_run": result.sent.as_dict(),
+            "results_took": result.usage.as_dict(),
+        }
         shard = Shard(key, tuple(result.metrics), n_tokens, int(time.time() * 1000))
         if result.stop_reason is None:  # a partial result (cap, unreachable endpoint) is reported, not cached
-            atomic_write_text(self._rows_path(key), json.dumps(rows))
+            dump_checked(self._rows_path(key), {"rows": rows})
             self.store.save(shard)
         error = result.input_error()
         if error is not None:

@@ -113,6 +113,19 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
         help="SAEs that differ only in training seed (repeatable; default: grouped by config)",
     )
     p.add_argument(
+        "--strict", action="store_true", help="stop at the first bad SAE (default: report it and evaluate the rest)"
+    )
+    p.add_argument(
+        "--wait", action="store_true", help="wait for another run holding --out's lock (default: exit 2 naming it)"
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="save the pass's accumulator state every N batches (default: about every 5 minutes of wall time)",
+    )
+    p.add_argument(
         "--labels",
         metavar="FILE",
         help="token-level concept labels (.safetensors with tensor 'labels' and metadata 'label_names')",
@@ -130,6 +143,8 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
             raise EvalkitInputError(f"--{name.replace('_', '-')}", f"must be positive, got {value}")
     if args.max_norm_multiple is not None and args.max_norm_multiple <= 0:
         raise EvalkitInputError("--max-norm-multiple", f"must be positive, got {args.max_norm_multiple}")
+    if getattr(args, "checkpoint_every", None) is not None and args.checkpoint_every <= 0:
+        raise EvalkitInputError("--checkpoint-every", f"must be positive, got {args.checkpoint_every}")
     return EvalSettings(
         n_tokens=args.tokens,
         batch_size=args.batch_size,
@@ -143,7 +158,14 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
     )
 
 
-def load_all_saes(paths: Sequence[str], fmt: str | None, device: str, dtype: str) -> list[SaeLike]:
+def load_all_saes(
+    paths: Sequence[str],
+    fmt: str | None,
+    device: str,
+    dtype: str,
+    failures: list[EvalkitInputError] | None = None,
+) -> list[SaeLike]:
+    """Every SAE of every --sae path; with `failures`, a bad SAE is recorded there and the others load."""
     import torch
 
     from evalkit.sae.loaders.formats import load_saes
@@ -151,7 +173,14 @@ def load_all_saes(paths: Sequence[str], fmt: str | None, device: str, dtype: str
     saes: list[SaeLike] = []
     seen: dict[str, str] = {}
     for path in paths:
-        for s in load_saes(path, format=fmt, device=device):
+        try:
+            loaded = load_saes(path, format=fmt, device=device, failures=failures)
+        except EvalkitInputError as exc:  # the path itself (missing, no SAE at all) or a single bad SAE
+            if failures is None:
+                raise
+            failures.append(exc)
+            continue
+        for s in loaded:
             if s.sae_id in seen and seen[s.sae_id] != s.path:
                 raise EvalkitInputError(s.path, f"has the same SAE id {s.sae_id!r} as {seen[s.sae_id]}; rename one")
             if s.sae_id not in seen:
@@ -182,10 +211,13 @@ def _adapt(source: ActivationSource, hook: str) -> DataSource:
         fingerprint=source.info.fingerprint,
         has_tokens=has_tokens,
         label_names=tuple(label_names),
+        d_in=source.d_in,
     )
 
 
-def resolve_sources(args: argparse.Namespace, saes: Sequence[SaeLike]) -> tuple[dict[str, DataSource], dict[str, str]]:
+def resolve_sources(
+    args: argparse.Namespace, saes: Sequence[SaeLike], failures: list[EvalkitInputError] | None = None
+) -> tuple[dict[str, DataSource], dict[str, str]]:
     """The data for each hook and the hook each SAE is evaluated at, in CONTRACT.md's order of precedence:
     --activations, then a model (--model/--hook/--dataset, defaults from the SAE configs), then the embedded
     world."""
@@ -214,14 +246,20 @@ def resolve_sources(args: argparse.Namespace, saes: Sequence[SaeLike]) -> tuple[
     # `args.world` (a built World) is set by `evalkit demo` (any world size); the run CLI leaves it unset.
     source = open_source(world=getattr(args, "world", None), **common)
     hook = str(getattr(source, "hook_name", ""))
+    hook_of = {}
     for s in saes:
         if s.hook_name not in (None, hook):
-            raise EvalkitInputError(
+            exc = EvalkitInputError(
                 s.path,
                 f"was trained at {s.hook_name}, not the embedded world's hook {hook}; "
                 "pass --model/--hook/--dataset or --activations",
             )
-    return {hook: _adapt(source, hook)}, {s.sae_id: hook for s in saes}
+            if failures is None:
+                raise exc
+            failures.append(exc)
+            continue
+        hook_of[s.sae_id] = hook
+    return {hook: _adapt(source, hook)}, hook_of
 
 
 def model_sources(
@@ -338,11 +376,9 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def _run_command(args: argparse.Namespace) -> int:
-    from evalkit.app.run_autointerp import AutointerpStage
-    from evalkit.core.io import atomic_write_text
-    from evalkit.engine.outputs import SaeOutput, write_outputs
-    from evalkit.engine.runner import Runner
-    from evalkit.engine.store import ResultStore
+    from evalkit.core.io import sweep_temp_files
+    from evalkit.engine.outlock import OutputLock
+    from evalkit.engine.preflight import prepare_output
     from metrics.base import GROUPS, load_metric_modules, select_metrics
 
     t0 = time.perf_counter()
@@ -350,8 +386,57 @@ def _run_command(args: argparse.Namespace) -> int:
     failed = load_metric_modules()
     # Group order (core, downstream, sparsity, ...) makes summary.csv read headline-first.
     specs = sorted(select_metrics(args.metrics), key=lambda s: GROUPS.index(s.group))
-    saes = load_all_saes(args.sae, args.format, args.device, args.dtype)
-    sources, hook_of = resolve_sources(args, saes)
+    if not specs and args.autointerp == "off" and "autointerp" not in args.metrics:
+        raise EvalkitInputError("--metrics", f"selects no metric ({args.metrics!r}); name metrics or groups, or all")
+    prepare_output(args.out)  # seconds, before anything is loaded: a read-only --out fails here
+    with OutputLock(args.out, wait=args.wait):
+        sweep_temp_files(Path(args.out))
+        return _locked_run(args, settings, specs, failed, t0)
+
+
+def _preflight(
+    args: argparse.Namespace,
+) -> tuple[list[SaeLike], dict[str, DataSource], dict[str, str], list[dict[str, str]]]:
+    """Load and check every SAE and the data before the pass. A bad SAE is reported and left out (the run
+    then exits 2); with --strict, or when none is left, the first failure stops the run."""
+    from evalkit.engine.preflight import check_sae
+
+    failures: list[EvalkitInputError] = []
+    saes = load_all_saes(args.sae, args.format, args.device, args.dtype, failures)
+    if failures and (args.strict or not saes):
+        raise failures[0]
+    sources, hook_of = resolve_sources(args, saes, failures)
+    d_in = {hook: src.d_in for hook, src in sources.items()}
+    good: list[SaeLike] = []
+    for s in (s for s in saes if s.sae_id in hook_of):
+        try:
+            check_sae(s, d_in.get(hook_of[s.sae_id]))
+        except EvalkitInputError as exc:
+            failures.append(exc)
+            continue
+        good.append(s)
+    if failures and (args.strict or not good):
+        raise failures[0]
+    for exc in failures:
+        log.error("%s (skipped; the other SAEs are evaluated, exit code 2)", exc)
+    return (
+        good,
+        sources,
+        {k: v for k, v in hook_of.items() if any(s.sae_id == k for s in good)},
+        [{"path": str(exc.where), "reason": exc.problem} for exc in failures],
+    )
+
+
+def _locked_run(
+    args: argparse.Namespace, settings: EvalSettings, specs: list[MetricSpec], failed: list[str], t0: float
+) -> int:
+    from evalkit.app.run_autointerp import AutointerpStage
+    from evalkit.core.io import atomic_write_text
+    from evalkit.engine.outputs import SaeOutput, write_outputs
+    from evalkit.engine.runner import Runner
+    from evalkit.engine.store import ResultStore
+
+    saes, sources, hook_of, bad = _preflight(args)
     store = ResultStore(args.out)
     stage = AutointerpStage(args, settings, store, saes, sources, hook_of) if args.autointerp != "off" else None
     runner = Runner(store, settings, specs, [stage.observer] if stage else [])
@@ -375,6 +460,9 @@ def _run_command(args: argparse.Namespace) -> int:
         "compute_kl": has_model,
     }
     info = run_info(args, settings, specs, outcome, saes, notes, time.perf_counter() - t0)
+    info["failed"] = bad  # type: ignore[assignment]
+    if stage is not None and stage.llm_usage:
+        info["execution"]["llm_usage"] = stage.llm_usage  # type: ignore[index]
     write_outputs(args.out, outputs, info, eval_config)
     log.info(
         "evaluated %d SAE(s): %d result(s) computed, %d reused; wrote %s",
@@ -387,4 +475,9 @@ def _run_command(args: argparse.Namespace) -> int:
         from reports.html import write_report
 
         write_report(args.out)
+    if bad:
+        log.error(
+            "%d SAE(s) failed before the pass (run.json 'failed'): %s", len(bad), ", ".join(b["path"] for b in bad)
+        )
+        return 2
     return 0

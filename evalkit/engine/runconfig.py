@@ -51,6 +51,8 @@ class DataSource:
     has_tokens: bool | None = None
     label_names: tuple[str, ...] | None = None
     """Known up front (lets the runner skip its norm pre-pass when no metric needs norms); None = unknown."""
+    d_in: int | None = None
+    """Width of the activations, when known before the pass (the pre-flight checks every SAE against it)."""
 
     def known_up_front(self) -> bool:
         return self.fingerprint is not None and self.has_tokens is not None and self.label_names is not None

@@ -126,10 +126,11 @@ class Runner:
         note.sae_ids.append(sae_id)
 
     def _cached(self, key: ResultKey) -> Shard | None:
-        if self.settings.force or not self.store.has(key):
-            return None
-        self.reused.append(key)
-        return self.store.load(key)
+        """The stored shard (None with --force, when absent, or when damaged: then it is recomputed)."""
+        shard = None if self.settings.force else self.store.get(key)
+        if shard is not None:
+            self.reused.append(key)
+        return shard
 
     def _save(self, shard: Shard) -> None:
         self.store.save(shard)
@@ -273,11 +274,10 @@ class Runner:
             s.sae_id: ResultKey(s.content_hash, spec.name, _config_hash(spec, self.settings, data, members))
             for s in group
         }
-        cached = (
-            {sid: self._cached(k) for sid, k in keys.items()} if all(self.store.has(k) for k in keys.values()) else {}
-        )
-        if cached and all(v is not None for v in cached.values()):
+        cached = {sid: None if self.settings.force else self.store.get(k) for sid, k in keys.items()}
+        if all(v is not None for v in cached.values()):
             for sid, shard in cached.items():
+                self.reused.append(keys[sid])
                 results[sid].shards.append(shard)  # type: ignore[arg-type]
             return
         with torch.no_grad():

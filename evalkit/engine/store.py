@@ -8,11 +8,10 @@ runs byte-identical.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from evalkit.core.identity import JsonValue
-from evalkit.core.io import atomic_write_text
+from evalkit.core.io import dump_checked, load_checked
 from evalkit.core.records import MetricValue, ResultKey, SampleTable, Shard
 
 CACHE_DIRNAME = ".evalkit-cache"
@@ -28,10 +27,22 @@ class ResultStore:
         return self.root / key.sae_hash / f"{key.entry}-{key.config_hash}.json"
 
     def has(self, key: ResultKey) -> bool:
-        return self._path(key).is_file()
+        """A valid shard is stored under `key` (a damaged one is warned about and counts as absent)."""
+        return self.get(key) is not None
 
     def load(self, key: ResultKey) -> Shard:
-        data = json.loads(self._path(key).read_text(encoding="utf-8"))
+        shard = self.get(key)
+        if shard is None:
+            raise KeyError(f"no valid shard at {self._path(key)}")
+        return shard
+
+    def get(self, key: ResultKey) -> Shard | None:
+        """The stored shard, or None when absent or damaged (truncated, garbage, checksum mismatch)."""
+        data = load_checked(self._path(key), "result shard")
+        return None if data is None else self._shard(key, data)
+
+    @staticmethod
+    def _shard(key: ResultKey, data: dict[str, JsonValue]) -> Shard:
         values = tuple(MetricValue(str(m), float(v), None if lat is None else int(lat)) for m, v, lat in data["values"])
         raw_samples = data.get("samples")
         samples = (
@@ -63,15 +74,14 @@ class ResultStore:
                 "folder": shard.samples.folder,
                 "columns": {k: list(col) for k, col in shard.samples.columns.items()},
             }
-        atomic_write_text(self._path(k), json.dumps(payload, separators=(",", ":")))
+        dump_checked(self._path(k), payload)
 
     def _data_path(self, data_key: str) -> Path:
         return self.root / "data" / f"{data_key}.json"
 
     def save_data_stats(self, data_key: str, stats: dict[str, JsonValue]) -> None:
         """What a pass learned about the data (counts, norms), so a fully cached rerun reports it too."""
-        atomic_write_text(self._data_path(data_key), json.dumps(stats, sort_keys=True))
+        dump_checked(self._data_path(data_key), dict(stats))
 
     def load_data_stats(self, data_key: str) -> dict[str, JsonValue] | None:
-        path = self._data_path(data_key)
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        return load_checked(self._data_path(data_key), "data statistics")

@@ -19,7 +19,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from evalkit.core.errors import EvalkitInputError
+from evalkit.core.safeload import load_weights_only
 from evalkit.sae.registration import ensure_registered
+from evalkit.sae.validate import validate_config, validate_weights
 
 StateDict = dict[str, torch.Tensor]
 
@@ -49,10 +51,7 @@ def read_torch_state(path: Path) -> StateDict:
     """A torch state dict, loaded with weights_only=True (never unpickle objects from user files)."""
     if not path.is_file():
         raise EvalkitInputError(path, "missing file")
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several unrelated types for corrupt/unsafe files
-        raise EvalkitInputError(path, f"unreadable or corrupt torch file ({type(exc).__name__}: {exc})") from exc
+    state = load_weights_only(path, map_location="cpu")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise EvalkitInputError(path, "expected a state dict of tensors")
     return dict(state)
@@ -92,6 +91,9 @@ def build_sae(cfg_dict: dict[str, Any], state: StateDict, where: Path | str, dev
     """A sae-lens SAE with the given weights; the config decides class and shapes; weights must fit."""
     architecture = str(cfg_dict.get("architecture", ""))
     sae_cls, cfg_cls = sae_class_for(architecture, where)
+    # Loaders of other formats fill every field themselves; sae-lens folders were checked for explicit fields
+    # against the file (evalkit.sae.loaders.saelens), so only ranges are checked here.
+    validate_config(cfg_dict, cfg_cls, where, explicit=False)
     try:
         sae_cfg = cfg_cls.from_dict({**cfg_dict, "device": "meta", "dtype": "float32"})
         skeleton = sae_cls(sae_cfg)
@@ -100,6 +102,7 @@ def build_sae(cfg_dict: dict[str, Any], state: StateDict, where: Path | str, dev
     state = {k: v for k, v in state.items()}
     skeleton.process_state_dict_for_loading(state)
     check_layout({k: v.shape for k, v in skeleton.state_dict().items()}, state, where)
+    validate_weights(state, architecture, where)
     check_finite(state, where)
     skeleton.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, assign=True)
     skeleton.cfg.device = device

@@ -19,11 +19,22 @@ from safetensors import safe_open
 
 from evalkit.core.batch import ActivationBatch
 from evalkit.core.errors import EvalkitInputError
+from evalkit.core.safeload import load_weights_only
 from evalkit.sources.base import DEFAULT_BATCH_TOKENS, SourceInfo, file_identity, seqs_per_batch, special_mask
 
 log = logging.getLogger(__name__)
 
 SUFFIXES = (".safetensors", ".npy", ".pt", ".pth")
+FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64", "float16", "bfloat16", "float32", "float64"})
+"""Activation dtypes evalkit reads; integer and bool activations are refused with a reason, never cast."""
+
+
+def dtype_name(array: object) -> str:
+    """The element type of a safetensors slice, numpy array or torch tensor, as a short name."""
+    get_dtype = getattr(array, "get_dtype", None)
+    if callable(get_dtype):
+        return str(get_dtype())
+    return str(getattr(array, "dtype", "?")).removeprefix("torch.")
 
 
 class _Rows:
@@ -49,6 +60,13 @@ class _Rows:
             raise
         except Exception as exc:  # each library raises its own types for truncated or foreign files
             raise EvalkitInputError(path, f"cannot read activation file ({type(exc).__name__}: {exc})") from None
+        dtype = dtype_name(self._slice)
+        if dtype not in FLOAT_DTYPES:
+            raise EvalkitInputError(
+                path,
+                f"activations have dtype {dtype}; evalkit needs floating-point activations (integer/bool "
+                "activations are refused, not cast: convert them yourself if that is what they mean)",
+            )
 
     def _open_safetensors(self) -> None:
         handle = safe_open(str(self.path), framework="pt")
@@ -67,7 +85,7 @@ class _Rows:
         self.shape = tuple(array.shape)
 
     def _open_pt(self) -> None:
-        obj = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
+        obj = load_weights_only(self.path, map_location="cpu", mmap=True)
         if isinstance(obj, dict):
             if not isinstance(obj.get("activations"), torch.Tensor):
                 raise EvalkitInputError(self.path, f"no tensor named 'activations' (found: {', '.join(map(str, obj))})")

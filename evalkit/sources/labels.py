@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from safetensors import safe_open
 from evalkit.core.batch import ActivationBatch
 from evalkit.core.errors import EvalkitInputError
 from evalkit.sources.base import ActivationSource, SourceInfo, file_identity
+
+log = logging.getLogger(__name__)
 
 
 class LabelFile:
@@ -33,6 +36,32 @@ class LabelFile:
             raise EvalkitInputError(self.path, f"'labels' must be [n_tokens, n_labels], got shape {list(shape)}")
         self.n_rows, self.n_labels = int(shape[0]), int(shape[1])
         self.names = self._names()
+        self._check_values()
+
+    def _check_values(self, chunk_rows: int = 1 << 16) -> None:
+        """Every value is 0 or 1 (bool, integer or float storage); anything else is refused, not cast."""
+        for start in range(0, self.n_rows, chunk_rows):
+            block = self._slice[start : start + chunk_rows]
+            bad = ~((block == 0) | (block == 1))
+            if bool(bad.any()):
+                row, col = (int(i) for i in bad.nonzero()[0])
+                raise EvalkitInputError(
+                    self.path,
+                    f"'labels' must hold only 0/1, found {block[row, col].item()!r} at row {start + row}, "
+                    f"label {self.names[col]!r}",
+                )
+
+    def check_rows(self, n_rows: int, what: str, exact: bool) -> None:
+        """The label rows match the activations' flattened rows: exactly for a file (extra rows mean a
+        misaligned file); at least as many for a model source read up to a token budget (warned if more)."""
+        if self.n_rows < n_rows or (exact and self.n_rows != n_rows):
+            raise EvalkitInputError(
+                self.path, f"has {self.n_rows} label rows but {what} has {n_rows} token rows; they must be equal"
+            )
+        if self.n_rows > n_rows:
+            log.warning(
+                "%s: %d label rows beyond the %d token rows read are not used", self.path, self.n_rows - n_rows, n_rows
+            )
 
     def _names(self) -> tuple[str, ...]:
         raw = (self._handle.metadata() or {}).get("label_names")
@@ -52,6 +81,18 @@ class LabelFile:
         return self._slice[start:stop].to(torch.bool)
 
 
+def activation_rows(source: ActivationSource) -> tuple[int, str, bool]:
+    """How many flattened token rows the source has (a file: all its rows; a model source: the rows of the
+    token batches it will run), a name for it, and whether the label rows must match exactly."""
+    n_seq_total, seq_len = getattr(source, "n_seq_total", None), getattr(source, "seq_len", None)
+    if isinstance(n_seq_total, int) and isinstance(seq_len, int):
+        return n_seq_total * seq_len, str(getattr(source, "path", "the activation file")), True
+    token_batches = getattr(source, "token_batches", None)
+    if callable(token_batches):  # tokenizing only: no model forward pass
+        return sum(int(t.numel()) for t in token_batches()), "the model source's token stream", False
+    raise EvalkitInputError("--labels", f"cannot count the token rows of the {source.info.name} source")
+
+
 class LabelledSource:
     """Wraps any source, attaching labels row by row to its flattened tokens."""
 
@@ -64,6 +105,7 @@ class LabelledSource:
             f"{source.info.fingerprint}+labels:{file_identity(labels.path)}",
             {**source.info.details, "labels": str(labels.path)},
         )
+        labels.check_rows(*activation_rows(source))
 
     @property
     def d_in(self) -> int:

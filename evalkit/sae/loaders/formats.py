@@ -88,8 +88,16 @@ def sae_id_for(folder: Path, root: Path) -> str:
     return root.name if rel == "." else rel
 
 
-def load_saes(path: str | Path, format: str | None = None, device: str = "cpu") -> list[LoadedSAE]:
-    """All SAEs at `path` (an SAE folder, a file inside one, a folder of many, or sae-lens:RELEASE/SAE_ID)."""
+def load_saes(
+    path: str | Path,
+    format: str | None = None,
+    device: str = "cpu",
+    failures: list[EvalkitInputError] | None = None,
+) -> list[LoadedSAE]:
+    """All SAEs at `path` (an SAE folder, a file inside one, a folder of many, or sae-lens:RELEASE/SAE_ID).
+
+    `failures`: when given, an SAE folder that fails to load is appended there and the others still load
+    (a folder of many with one bad SAE); otherwise the first failure is raised."""
     if isinstance(path, str) and path.startswith(pretrained.PREFIX):
         sae, cfg = pretrained.load_pretrained(path, device)
         return [make_loaded(sae, cfg, path[len(pretrained.PREFIX) :], path, "sae-lens-pretrained")]
@@ -107,7 +115,13 @@ def load_saes(path: str | Path, format: str | None = None, device: str = "cpu") 
         raise EvalkitInputError(root, problem or f"no SAE found here or below ({looked_for})")
     loaded = []
     for folder, fmt in found:
-        sae, cfg = fmt.load_folder(folder, device)
+        try:
+            sae, cfg = fmt.load_folder(folder, device)
+        except EvalkitInputError as exc:
+            if failures is None:
+                raise
+            failures.append(exc)
+            continue
         loaded.append(make_loaded(sae, cfg, sae_id_for(folder, root), str(folder), fmt.name))
         log.debug("loaded %s (%s) from %s", loaded[-1].sae_id, fmt.name, folder)
     return loaded

@@ -12,6 +12,7 @@ from sae_lens.saes.sae import SAE
 
 from evalkit.core.errors import EvalkitInputError
 from evalkit.sae.build import build_sae, read_json, read_safetensors, sae_class_for
+from evalkit.sae.validate import validate_config
 
 MARKERS = (SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME)
 TOP_LEVEL_METADATA = ("hook_name", "model_name", "hook_head_index", "context_size", "prepend_bos")
@@ -27,6 +28,8 @@ def normalise_saelens_cfg(raw: dict[str, Any], where: Path) -> dict[str, Any]:
         cfg = handle_config_defaulting(copy.deepcopy(raw))
     except (KeyError, ValueError, TypeError) as exc:
         raise EvalkitInputError(where, f"invalid sae-lens config ({exc})") from exc
+    # After defaulting (pre-6 configs carry k in activation_fn_kwargs), before sae-lens fills any default.
+    validate_config(cfg, sae_class_for(str(cfg.get("architecture", "standard")), where)[1], where)
     metadata = dict(cfg.get("metadata") or {})
     for key in TOP_LEVEL_METADATA:  # some configs written by hand keep these at top level next to a 6.x version
         if metadata.get(key) is None and raw.get(key) is not None:
