@@ -268,3 +268,17 @@ def test_cost_cap_message_states_the_true_total(tmp_path: Path) -> None:
     # at most the requests in flight when the cap was reached (concurrency 4) were sent after it
     per_request = result.usage.cost_usd / result.usage.requests
     assert result.usage.cost_usd < 0.0005 + 4 * per_request + 1e-12
+
+
+# ------------------------------------------------------------------------------------ 4: collision-free stems
+
+
+def test_file_stems_never_collide() -> None:
+    from evalkit.core.io import file_stem
+
+    ids = ["a b", "a_b", "模型", "字典", "A", "a", "x/y", "x_y", "x_y-" + file_stem("x/y").rsplit("-", 1)[1], ".hidden"]
+    stems = [file_stem(i) for i in ids]
+    assert len(set(stems)) == len(ids), stems
+    assert file_stem("a_b") == "a_b" and file_stem("topk_k32_seed1") == "topk_k32_seed1"  # readable ids unchanged
+    assert file_stem("a b").startswith("a_b-") and all(re.fullmatch(r"[A-Za-z0-9._-]+", s) for s in stems)
+    assert not any(s.startswith(".") for s in stems)

@@ -136,6 +136,30 @@ def evalkit_version() -> str:
         return "0.0.0+unknown"
 
 
+STEM_HASH_LEN = 8
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_HASH_SUFFIX = re.compile(rf"-[0-9a-f]{{{STEM_HASH_LEN}}}$")
+MAX_READABLE = 80
+"""Readable part of a stem at most this long (file names stay far below the usual 255-byte limit)."""
+
+
 def file_stem(sae_id: str) -> str:
-    """The file name evalkit uses for a per-SAE artefact: characters outside [A-Za-z0-9._-] become `_`."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", sae_id)
+    """The file name of a per-SAE artefact (saebench/, afa/, examples/, ...): collision-free across SAE ids.
+
+    An id made only of [A-Za-z0-9._-], lower case, short, not starting with '.' and not itself ending like a
+    hash suffix is its own stem. Any other id gets a readable stem (unsafe characters -> `_`) plus `-` and the
+    first 8 hex digits of sha256(id): `a b` -> `a_b-<hash>`, `a_b` -> `a_b`, `模型` and `字典` -> two stems. Upper
+    case is hashed too, so `A` and `a` stay apart on case-insensitive file systems. Every writer and reader of
+    a per-SAE file uses this one function.
+    """
+    readable = _UNSAFE.sub("_", sae_id)[:MAX_READABLE].lstrip(".") or "_"
+    plain = (
+        readable == sae_id
+        and sae_id == sae_id.lower()
+        and not _HASH_SUFFIX.search(sae_id)
+        and sae_id not in (".", "..")
+    )
+    if plain:
+        return sae_id
+    digest = hashlib.sha256(sae_id.encode("utf-8")).hexdigest()[:STEM_HASH_LEN]
+    return f"{readable}-{digest}"
