@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from evalkit.core.records import EvalContext, MetricValue, SaeBatch
+from evalkit.core.records import EvalContext, MetricValue, SaeBatch, SparseCodes
 from metrics.base import State, StateValue, stream_metric, token_priority, weights_metric
 
 DECODER_BLOCK = 1024
@@ -84,10 +84,11 @@ def atom_norms(sae: torch.nn.Module) -> torch.Tensor:
     return norms_F
 
 
-def code_norms(f_TF: torch.Tensor, dec_norms_F: torch.Tensor, b_dec_norm: float) -> torch.Tensor:
-    """‖f̃‖ per token [T] (float64): √(Σ_i (f_i‖d_i‖)² + ‖b_dec‖²)."""
-    scaled_TF = f_TF.double() * dec_norms_F.double().to(f_TF.device)
-    return (scaled_TF.pow(2).sum(dim=1) + b_dec_norm**2).sqrt()
+def sparse_code_norms(codes: SparseCodes, dec_norms_F: torch.Tensor, b_dec_norm: float) -> torch.Tensor:
+    """‖f̃‖ per token [T] (float64): √(Σ_i (f_i‖d_i‖)² + ‖b_dec‖²), summed over the nonzero codes alone:
+    O(T·l0), never a dense float64 copy of the codes."""
+    scaled_N = codes.value_N.double() * dec_norms_F.to(codes.value_N.device, torch.float64)[codes.latent_N]
+    return (codes.per_token(scaled_N.pow(2)) + b_dec_norm**2).sqrt()
 
 
 def eps_lbo(z_norms_T: torch.Tensor, code_norms_T: torch.Tensor, h: int) -> torch.Tensor:
@@ -123,7 +124,7 @@ class AfaEpsilon:
 
     def update(self, batch: SaeBatch) -> None:
         z_T = batch.norms_T.double()
-        c_T = code_norms(batch.f_TF, self.dec_norms_F, self.b_dec_norm)
+        c_T = sparse_code_norms(batch.codes, self.dec_norms_F, self.b_dec_norm).to(z_T.device)
         nonzero_T = c_T > 0
         self.zero_code_tokens += int((~nonzero_T).sum())
         eps_T = eps_lbo(z_T[nonzero_T], c_T[nonzero_T], self.h)

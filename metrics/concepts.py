@@ -45,15 +45,16 @@ class ConceptAlignment:
     def update(self, batch: SaeBatch) -> None:
         if batch.labels_TL is None:
             raise EvalkitInputError("--labels", "the concepts metrics need token labels; this batch has none")
-        fires_TF = (batch.f_TF != 0).double()
-        labels_TL = batch.labels_TL.double().to(fires_TF.device)
+        codes = batch.codes  # co-occurrence over the nonzero codes: O(T·l0·n_labels)
+        labels_TL = batch.labels_TL.double().cpu()
         if self.tp_FL is None:
             self.tp_FL = torch.zeros(self.d_sae, labels_TL.shape[1], dtype=torch.float64)
             self.label_counts_L = torch.zeros(labels_TL.shape[1], dtype=torch.float64)
         assert self.label_counts_L is not None
-        self.tp_FL += (fires_TF.T @ labels_TL).cpu()
-        self.fires_F += fires_TF.sum(dim=0).cpu()
-        self.label_counts_L += labels_TL.sum(dim=0).cpu()
+        token_N, latent_N = codes.token_N.cpu(), codes.latent_N.cpu()
+        self.tp_FL.index_add_(0, latent_N, labels_TL[token_N])
+        self.fires_F += codes.latent_counts().double()
+        self.label_counts_L += labels_TL.sum(dim=0)
 
     def state_dict(self) -> State:
         seen = self.tp_FL is not None and self.label_counts_L is not None

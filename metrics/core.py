@@ -183,12 +183,12 @@ class CodeSparsity(SumState):
         self.sum_l1 = 0.0
 
     def update(self, batch: SaeBatch) -> None:
-        f_TF = batch.f_TF.detach()
-        self.n_tokens += f_TF.shape[0]
-        l0_T = (f_TF != 0).sum(dim=-1, dtype=torch.float64)
+        codes = batch.codes  # the nonzero codes, shared with the other metrics: O(T·l0), not O(T·d_sae)
+        self.n_tokens += codes.n_tokens
+        l0_T = codes.per_token()
         self.sum_l0 += float(l0_T.sum())
         self.sum_l0_sq += float((l0_T * l0_T).sum())
-        self.sum_l1 += float(f_TF.abs().sum(dtype=torch.float64))
+        self.sum_l1 += float(codes.value_N.abs().sum(dtype=torch.float64))
 
     def compute(self) -> list[MetricValue]:
         if self.n_tokens == 0:

@@ -21,6 +21,7 @@ import torch
 
 from evalkit.core.records import EvalContext, MetricValue, SaeBatch
 from evalkit.core.registry import Registry
+from evalkit.sae.score import fires_on_pairs
 from metrics.alignment import LINEAR_ARCHITECTURES, architecture_of, cosine_params
 from metrics.base import State, StateValue, SumState, stream_metric, weights_metric
 
@@ -167,30 +168,40 @@ class NormDetectors(SumState):
         self.quartiles = _QuartileSums()
 
     @torch.no_grad()
-    def _renormed_fires(self, x_TD: torch.Tensor, norms_T: torch.Tensor) -> torch.Tensor:
-        """Which latents fire once each token is rescaled to the median norm (x·m/n) and re-encoded."""
+    def _renormed_survivors(self, batch: SaeBatch, norms_T: torch.Tensor) -> torch.Tensor:
+        """For each nonzero code (t, i), whether latent i still fires once token t is rescaled to the median norm
+        (x·m/‖x‖) [N]. Only the firing pairs matter, so variants with a per-latent firing rule score just those
+        pairs (evalkit.sae.score.fires_on_pairs); the others are re-encoded."""
+        codes = batch.codes
         scale_T = self.ctx.median_norm / norms_T.clamp_min(1e-30)
-        return self.sae.encode(x_TD * scale_T.unsqueeze(1)) != 0
+        x_TD = batch.x_TD * scale_T.unsqueeze(1)
+        device = self.sae.W_enc.device
+        token_N, latent_N = codes.token_N.to(device), codes.latent_N.to(device)
+        survive_N = fires_on_pairs(self.sae, x_TD.to(device), token_N, latent_N)
+        if survive_N is None:
+            survive_N = self.sae.encode(x_TD.to(device))[token_N, latent_N] != 0
+        return survive_N.to(codes.token_N.device)
 
     def update(self, batch: SaeBatch) -> None:
+        # Every per-latent count runs over the nonzero codes (shared with the other metrics): O(T·l0).
+        codes = batch.codes
         norms_T = batch.norms_T
-        fires_TF = batch.f_TF != 0
         q_T = quartile_index(norms_T, self.ctx)
         outlier_T = norms_T > OUTLIER_MULTIPLE * self.ctx.median_norm
         sink_T = (batch.positions_T == 0) | outlier_T
         self.outliers += int(outlier_T.sum())
-        self.fires_F += fires_TF.sum(dim=0).cpu()
-        self.q4_F += fires_TF[q_T == 3].sum(dim=0).cpu()
-        self.sink_F += fires_TF[sink_T].sum(dim=0).cpu()
-        self.outlier_fires_F += fires_TF[outlier_T].sum(dim=0).cpu()
+        self.fires_F += codes.latent_counts()
+        self.q4_F += codes.latent_counts(q_T == 3)
+        self.sink_F += codes.latent_counts(sink_T)
+        self.outlier_fires_F += codes.latent_counts(outlier_T)
         if batch.positions_T.numel():
             self.max_position = max(self.max_position, int(batch.positions_T.max()))
-        self.survive_F += (fires_TF & self._renormed_fires(batch.x_TD, norms_T)).sum(dim=0).cpu()
-        bins_T = norm_bins(norms_T, self.ctx).cpu()
-        self.total_B += torch.bincount(bins_T, minlength=N_BINS)
-        t_idx, f_idx = (idx.cpu() for idx in fires_TF.nonzero(as_tuple=True))
-        flat = f_idx * N_BINS + bins_T[t_idx]
-        self.hist_FB.index_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
+        survived_N = self._renormed_survivors(batch, norms_T)
+        self.survive_F += torch.bincount(codes.latent_N[survived_N], minlength=codes.d_sae).cpu()
+        bins_T = norm_bins(norms_T, self.ctx)
+        self.total_B += torch.bincount(bins_T, minlength=N_BINS).cpu()
+        flat_N = (codes.latent_N * N_BINS + bins_T[codes.token_N]).cpu()
+        self.hist_FB.index_add_(0, flat_N, torch.ones_like(flat_N, dtype=torch.int32))
         self.quartiles.update(batch.x_TD, batch.x_hat_TD, q_T)
 
     def state_dict(self) -> State:

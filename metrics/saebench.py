@@ -82,17 +82,20 @@ class SaeBenchCore(SumState):
         self.sum_err_over_batch += float((x_TD - xh_TD).pow(2).sum()) / n
         self.sum_norm_in += float(x_TD.norm(dim=-1).sum())
         self.sum_norm_out += float(xh_TD.norm(dim=-1).sum())
-        fired_TF = (batch.f_TF.detach() > 0).to("cpu")
+        # Over the nonzero codes (shared with the other metrics): positive codes only, as SAEBench counts.
+        codes = batch.codes
+        positive_N = codes.value_N > 0
+        token_N, latent_N = codes.token_N[positive_N].cpu(), codes.latent_N[positive_N].cpu()
         seq_T = batch.extras.get(SEQ_INDEX_KEY)
         if seq_T is None:
             seq_T = _sequence_ids(batch.positions_T.detach().to("cpu"))
         seq_T = seq_T.detach().to("cpu", torch.long)
         seq_T = seq_T - seq_T.min()
-        n_seq = int(seq_T.max()) + 1
-        per_seq_SF = torch.zeros(n_seq, fired_TF.shape[1], dtype=torch.float64)
-        per_seq_SF.index_add_(0, seq_T, fired_TF.to(torch.float64))
-        fires_F = per_seq_SF.sum(0)
-        seqs_F = (per_seq_SF > 0).sum(0, dtype=torch.float64)
+        n_latents = codes.d_sae
+        fires_F = torch.bincount(latent_N, minlength=n_latents).to(torch.float64)
+        # A (sequence, latent) pair counts once however many of the sequence's tokens fire.
+        pairs = torch.unique(seq_T[token_N] * n_latents + latent_N)
+        seqs_F = torch.bincount(pairs % n_latents, minlength=n_latents).to(torch.float64)
         self.fires_F = fires_F if self.fires_F is None else self.fires_F + fires_F
         self.seqs_F = seqs_F if self.seqs_F is None else self.seqs_F + seqs_F
 

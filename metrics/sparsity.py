@@ -27,9 +27,9 @@ class FeatureDensity:
         self.n_tokens = 0
 
     def update(self, batch: SaeBatch) -> None:
-        fired_F = (batch.f_TF.detach() != 0).sum(0).to("cpu", torch.int64)
+        fired_F = batch.codes.latent_counts()
         self.counts_F = fired_F if self.counts_F is None else self.counts_F + fired_F
-        self.n_tokens += batch.f_TF.shape[0]
+        self.n_tokens += batch.codes.n_tokens
 
     def state_dict(self) -> State:
         counts_F = torch.empty(0, dtype=torch.int64) if self.counts_F is None else self.counts_F.clone()

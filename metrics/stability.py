@@ -25,14 +25,24 @@ log = logging.getLogger(__name__)
 SHARED_COS = 0.7
 
 
+ENCODER_COS_BLOCK = 8192
+"""Matched pairs per block in `matched_encoder_cos` (two blocks of d_in × ENCODER_COS_BLOCK float64 columns)."""
+
+
 def matched_encoder_cos(
     sae_A: torch.nn.Module, sae_B: torch.nn.Module, rows: np.ndarray, cols: np.ndarray
 ) -> np.ndarray:
-    """cos(W_enc^A[:, r], W_enc^B[:, c]) for each matched pair."""
-    enc_A = sae_A.W_enc.detach().double().cpu()[:, torch.as_tensor(rows)]
-    enc_B = sae_B.W_enc.detach().double().cpu()[:, torch.as_tensor(cols)]
-    norms = (enc_A.norm(dim=0) * enc_B.norm(dim=0)).clamp_min(1e-300)
-    return ((enc_A * enc_B).sum(dim=0) / norms).numpy()
+    """cos(W_enc^A[:, r], W_enc^B[:, c]) for each matched pair, in blocks of pairs: never a float64 copy of a
+    whole encoder (65,536 latents × d_in 2,304 would be 1.2 GB each)."""
+    out = np.empty(len(rows), dtype=np.float64)
+    for start in range(0, len(rows), ENCODER_COS_BLOCK):
+        r = torch.as_tensor(rows[start : start + ENCODER_COS_BLOCK])
+        c = torch.as_tensor(cols[start : start + ENCODER_COS_BLOCK])
+        enc_A = sae_A.W_enc.detach()[:, r.to(sae_A.W_enc.device)].to("cpu", torch.float64)
+        enc_B = sae_B.W_enc.detach()[:, c.to(sae_B.W_enc.device)].to("cpu", torch.float64)
+        norms = (enc_A.norm(dim=0) * enc_B.norm(dim=0)).clamp_min(1e-300)
+        out[start : start + len(r)] = ((enc_A * enc_B).sum(dim=0) / norms).numpy()
+    return out
 
 
 def pair_stats(sae_A: torch.nn.Module, sae_B: torch.nn.Module) -> tuple[dict[str, float], np.ndarray, np.ndarray]:

@@ -36,6 +36,41 @@ class EvalContext:
     """Seed for any sampling a metric does (probe splits, subsampling)."""
 
 
+@dataclass(frozen=True)
+class SparseCodes:
+    """The nonzero codes of one batch as (token, latent, value) triples in token-major order.
+
+    Built once per SaeBatch with one scan of the dense codes and shared by every metric: with l0 active latents
+    per token, counting and summing over them is O(T·l0) where the dense [T, d_sae] codes cost O(T·d_sae) per
+    scan (a column-wise count over dense codes is the slowest of all).
+    """
+
+    token_N: torch.Tensor
+    """Row (kept token) of each nonzero code [N], int64."""
+    latent_N: torch.Tensor
+    """Latent of each nonzero code [N], int64."""
+    value_N: torch.Tensor
+    """The code's value [N], in the codes' dtype."""
+    n_tokens: int
+    d_sae: int
+
+    @classmethod
+    def from_dense(cls, f_TF: torch.Tensor) -> SparseCodes:
+        token_N, latent_N = f_TF.nonzero(as_tuple=True)
+        return cls(token_N, latent_N, f_TF[token_N, latent_N], int(f_TF.shape[0]), int(f_TF.shape[1]))
+
+    def per_token(self, values_N: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-token sum of `values_N` [T] (float64); without values, the number of active latents (l0)."""
+        weights = None if values_N is None else values_N.to(torch.float64)
+        out = torch.bincount(self.token_N, weights=weights, minlength=self.n_tokens)
+        return out.to(torch.float64)
+
+    def latent_counts(self, token_mask_T: torch.Tensor | None = None) -> torch.Tensor:
+        """Firings per latent [d_sae] (int64, CPU), over all tokens or those where `token_mask_T` is True."""
+        latent_N = self.latent_N if token_mask_T is None else self.latent_N[token_mask_T[self.token_N]]
+        return torch.bincount(latent_N, minlength=self.d_sae).to("cpu", torch.int64)
+
+
 @dataclass
 class SaeBatch:
     """One SAE applied to the kept tokens of one batch; computed once by the runner and shared by every metric."""
@@ -59,12 +94,20 @@ class SaeBatch:
     """A stable int64 identity per kept token across the whole evaluation of a hook: `token_key(sequence index in
     the hook's data, position)`. The same whichever worker or shard reads the token; None in hand-built batches."""
     _norms_T: torch.Tensor | None = None
+    _codes: SparseCodes | None = None
 
     @property
     def norms_T(self) -> torch.Tensor:
         if self._norms_T is None:
             self._norms_T = self.x_TD.norm(dim=-1)
         return self._norms_T
+
+    @property
+    def codes(self) -> SparseCodes:
+        """The nonzero codes (computed on first use, then shared by every metric of this batch)."""
+        if self._codes is None:
+            self._codes = SparseCodes.from_dense(self.f_TF.detach())
+        return self._codes
 
     def token_keys(self, n_seen: int) -> torch.Tensor:
         """Stable token keys [T] (int64, CPU); without `token_keys_T`, the running index `n_seen + t` (a single
