@@ -337,7 +337,8 @@ def _train_all(folder: Path, world: World, zoo: ZooSize) -> None:
     c = activation_scale(all_ND)  # from every token: the scale and saved units never depend on the cap
     n_train = int(ordinary_mask(all_ND, zoo.train_norm_cap).sum())
     entries = zoo_entries(zoo.d_sae_multiple * world.d_model, zoo.steps, zoo.ks)
-    jobs = [(entry, world, zoo, folder / entry.name) for entry in entries]
+    level = logging.getLogger().getEffectiveLevel()  # spawned workers start without the CLI's logging set-up
+    jobs = [(entry, world, zoo, folder / entry.name, level) for entry in entries]
     if zoo.workers <= 1:
         records = [_train_job(*job) for job in jobs]
     else:
@@ -355,7 +356,11 @@ _TOKENS: dict[str, torch.Tensor] = {}
 """Per process: the world's training tokens (loaded once, reused for every SAE that process trains)."""
 
 
-def _train_job(entry: ZooEntry, world: World, zoo: ZooSize, out: Path) -> dict[str, object]:
+def _train_job(
+    entry: ZooEntry, world: World, zoo: ZooSize, out: Path, log_level: int = logging.INFO
+) -> dict[str, object]:
+    if not logging.getLogger().handlers:  # a spawned worker: log its progress like the parent
+        logging.basicConfig(level=log_level, format="%(levelname)s %(message)s")
     torch.set_num_threads(1)
     key = str(world.activations_path)
     if key not in _TOKENS:
