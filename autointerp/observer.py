@@ -9,6 +9,7 @@ like special tokens: never active, never shown.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ from autointerp.pipeline import AutointerpResult, run_autointerp
 from autointerp.sampling import ExampleCollector, LatentExamples
 from evalkit.core.errors import EvalkitInputError
 from evalkit.core.records import SaeBatch
+from metrics.base import State, StateValue
 
 SEQ_INDEX_KEY = "seq_index"
 
@@ -64,7 +66,23 @@ class AutointerpObserver:
             raise EvalkitInputError("autointerp", "the activation source has no token ids; windows need tokens")
         seq_T = batch.extras.get(SEQ_INDEX_KEY)
         tokens_BS, codes_BSF, special_BS = sequences_from_flat(batch.tokens_T, batch.f_TF, batch.positions_T, seq_T)
-        self.collectors[sae_id].update(tokens_BS, codes_BSF, special_BS)
+        # The runner's sequence index is global in the hook's data: windows keep it, so the sampled windows are
+        # the same whichever worker or shard read the sequence (and collectors merge exactly).
+        offset = int(seq_T.min()) if seq_T is not None and len(seq_T) else None
+        self.collectors[sae_id].update(tokens_BS, codes_BSF, special_BS, seq_offset=offset)
+
+    def state_dict(self) -> dict[str, State]:
+        """Per SAE id, its collector's state (the stream-accumulator protocol of metrics.base)."""
+        return {sae_id: collector.state_dict() for sae_id, collector in self.collectors.items()}
+
+    def load_state_dict(self, states: Mapping[str, Mapping[str, StateValue]]) -> None:
+        for sae_id, state in states.items():
+            self.collectors[sae_id].load_state_dict(state)
+
+    def merge(self, other: AutointerpObserver) -> None:
+        """Fold in an observer of the same SAEs and config that saw other sequences."""
+        for sae_id, collector in other.collectors.items():
+            self.collectors[sae_id].merge(collector)
 
     def examples(self, sae_id: str) -> dict[int, LatentExamples]:
         return self.collectors[sae_id].finish()

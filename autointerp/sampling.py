@@ -12,6 +12,7 @@ is O(n_latents × pool size × window length), whatever the number of tokens.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,8 @@ import torch
 from autointerp.config import AutointerpConfig
 from evalkit.core.batch import ActivationBatch
 from evalkit.core.errors import EvalkitInputError
+from evalkit.core.records import token_key
+from metrics.base import State, StateValue, token_priority
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +78,21 @@ class LatentExamples:
     reason: str = ""
 
 
+def _best_k(key_FN: torch.Tensor, seq_FN: torch.Tensor, pos_FN: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices [F, k] of the k best candidates per row: key descending, then sequence, then position ascending.
+
+    A total order on distinct windows, so a pool never depends on the order its candidates arrived in: pools of
+    two halves of a stream merge into exactly the pool of the whole stream."""
+    order = pos_FN.argsort(dim=1, stable=True)
+    order = order.gather(1, seq_FN.gather(1, order).argsort(dim=1, stable=True))
+    order = order.gather(1, key_FN.gather(1, order).argsort(dim=1, descending=True, stable=True))
+    return order[:, :k]
+
+
 class _Pool:
     """Best-k candidate windows per latent by a sampling key, with their tokens and activations."""
+
+    FIELDS = ("key_FK", "act_FK", "seq_FK", "pos_FK", "tok_FKW", "wact_FKW")
 
     def __init__(self, n_latents: int, k: int, window_len: int) -> None:
         self.key_FK = torch.full((n_latents, k), _NEG_INF)
@@ -91,11 +107,19 @@ class _Pool:
         cval_FBC, cpos_FBC = ctx.chunk_best(key_N)
         key_FC, pos_FC = _greedy_peaks(cval_FBC, cpos_FBC, peaks, ctx.half_width)
         n_keep = self.key_FK.shape[1]
-        new_key, idx = torch.cat([self.key_FK, key_FC], dim=1).topk(n_keep, dim=1)
+        b_FC = torch.arange(key_FC.shape[1]).expand_as(key_FC) // (key_FC.shape[1] // cval_FBC.shape[1])
+        seq_FC = (b_FC + ctx.seq_offset).masked_fill(key_FC == _NEG_INF, -1)  # candidates: [sequence, peak]
+        idx = _best_k(
+            torch.cat([self.key_FK, key_FC], dim=1),
+            torch.cat([self.seq_FK, seq_FC], dim=1),
+            torch.cat([self.pos_FK, pos_FC], dim=1),
+            n_keep,
+        )
+        new_key = torch.cat([self.key_FK, key_FC], dim=1).gather(1, idx)
         from_old = idx < n_keep
         old_idx = idx.clamp(max=n_keep - 1)
         new_idx = (idx - n_keep).clamp(min=0)
-        b_FK = new_idx // (key_FC.shape[1] // cval_FBC.shape[1])  # candidates are laid out [sequence, peak]
+        b_FK = b_FC.gather(1, new_idx)
         pos_new_FK = pos_FC.gather(1, new_idx)
         f_FK = torch.arange(cval_FBC.shape[0])[:, None].expand_as(idx)
         tok_new, wact_new = ctx.windows(b_FK, pos_new_FK, f_FK)
@@ -108,6 +132,23 @@ class _Pool:
         self.seq_FK = self.seq_FK.masked_fill(new_key == _NEG_INF, -1)
         self.pos_FK = torch.where(from_old, self.pos_FK.gather(1, old_idx), pos_new_FK)
         self.key_FK = new_key
+
+    def absorb(self, other: _Pool) -> None:
+        """Keep the best k of both pools' candidates (a pool over both streams)."""
+        joined = {name: torch.cat([getattr(self, name), getattr(other, name)], dim=1) for name in self.FIELDS}
+        idx = _best_k(joined["key_FK"], joined["seq_FK"], joined["pos_FK"], self.key_FK.shape[1])
+        for name, value in joined.items():
+            index = idx if value.dim() == 2 else idx[..., None].expand(-1, -1, value.shape[2])
+            setattr(self, name, value.gather(1, index))
+
+    def state_dict(self, prefix: str) -> State:
+        return {prefix + name: getattr(self, name).clone() for name in self.FIELDS}
+
+    def load_state_dict(self, state: Mapping[str, StateValue], prefix: str) -> None:
+        for name in self.FIELDS:
+            value = state[prefix + name]
+            assert isinstance(value, torch.Tensor)
+            setattr(self, name, value.to(getattr(self, name).dtype).clone())
 
     def windows_of(self, i: int, kind: str) -> list[tuple[float, Window]]:
         """(key, window) for latent row i, valid entries only, best key first."""
@@ -182,6 +223,52 @@ class _BatchContext:
         return tok_KW, self.codes_BSF[b_KW, p_KW, f_K[..., None].expand_as(p_KW)] * inside_KW
 
 
+class _RandomPool:
+    """Uniformly random windows shared by all latents: one random non-special token per sequence competes; the
+    best `size` by (priority, sequence) are kept, with every tracked latent's codes over the window."""
+
+    FIELDS = ("key_R", "seq_R", "pos_R", "tok_RW", "codes_RWF")
+
+    def __init__(self, size: int, window_len: int, n_latents: int) -> None:
+        self.key_R = torch.full((size,), _NEG_INF, dtype=torch.float64)
+        self.seq_R = torch.full((size,), -1, dtype=torch.long)
+        self.pos_R = torch.zeros(size, dtype=torch.long)
+        self.tok_RW = torch.full((size, window_len), -1, dtype=torch.long)
+        self.codes_RWF = torch.zeros(size, window_len, n_latents)
+
+    def offer(self, ctx: _BatchContext, special_BS: torch.Tensor, seed: int) -> None:
+        n_b, n_s = special_BS.shape
+        seq_BS = torch.arange(ctx.seq_offset, ctx.seq_offset + n_b)[:, None].expand(n_b, n_s)
+        pos_BS = torch.arange(n_s)[None, :].expand(n_b, n_s)
+        u_BS = token_priority(token_key(seq_BS.flatten(), pos_BS.flatten()), seed, RANDOM_STREAM).view(n_b, n_s)
+        key_B, pos_B = u_BS.masked_fill(special_BS, _NEG_INF).max(dim=1)
+        tok_BW, codes_BWF = ctx.windows(torch.arange(n_b), pos_B)
+        seq_B = (torch.arange(n_b) + ctx.seq_offset).masked_fill(key_B == _NEG_INF, -1)
+        self._keep({"key_R": key_B, "seq_R": seq_B, "pos_R": pos_B, "tok_RW": tok_BW, "codes_RWF": codes_BWF})
+
+    def absorb(self, other: _RandomPool) -> None:
+        self._keep({name: getattr(other, name) for name in self.FIELDS})
+
+    def _keep(self, new: dict[str, torch.Tensor]) -> None:
+        joined = {name: torch.cat([getattr(self, name), new[name]]) for name in self.FIELDS}
+        idx = _best_k(joined["key_R"][None], joined["seq_R"][None], joined["pos_R"][None], self.key_R.shape[0])[0]
+        for name, value in joined.items():
+            setattr(self, name, value[idx])
+
+    def state_dict(self, prefix: str) -> State:
+        return {prefix + name: getattr(self, name).clone() for name in self.FIELDS}
+
+    def load_state_dict(self, state: Mapping[str, StateValue], prefix: str) -> None:
+        for name in self.FIELDS:
+            value = state[prefix + name]
+            assert isinstance(value, torch.Tensor)
+            setattr(self, name, value.to(getattr(self, name).dtype).clone())
+
+
+RANDOM_STREAM = 0
+"""token_priority stream of the random pool; latent i's importance-weighted and uniform samplers use 2i+1, 2i+2."""
+
+
 class ExampleCollector:
     """Streams sequence-level codes and keeps, per latent, what the samplers need (bounded memory).
 
@@ -203,14 +290,9 @@ class ExampleCollector:
         self._uni = (
             _Pool(n, 8 * c.n_quantiles + c.n_top_explain, c.window_len) if c.explain_sampler == "quantile" else None
         )
-        self._rand_key_R = torch.full((c.random_pool,), _NEG_INF)
-        self._rand_seq_R = torch.full((c.random_pool,), -1, dtype=torch.long)
-        self._rand_pos_R = torch.zeros(c.random_pool, dtype=torch.long)
-        self._rand_tok_RW = torch.full((c.random_pool, c.window_len), -1, dtype=torch.long)
-        self._rand_codes_RWF = torch.zeros(c.random_pool, c.window_len, n)
+        self._random = _RandomPool(c.random_pool, c.window_len, n)
         self._max_F = torch.zeros(n)
         self._hist_FH = torch.zeros(n, len(_HIST_EDGES) + 1, dtype=torch.long)
-        self._gen = torch.Generator().manual_seed(self.config.seed)
         self.n_seq = 0
         self.n_tokens = 0
 
@@ -221,7 +303,12 @@ class ExampleCollector:
         self.update(batch.tokens_BS, codes_BSF, batch.special_BS)
 
     @torch.no_grad()
-    def update(self, tokens_BS: torch.Tensor, codes_BSF: torch.Tensor, special_BS: torch.Tensor) -> None:
+    def update(
+        self, tokens_BS: torch.Tensor, codes_BSF: torch.Tensor, special_BS: torch.Tensor, seq_offset: int | None = None
+    ) -> None:
+        """One batch of whole sequences; `seq_offset` is the index of its first sequence in the hook's data (default:
+        right after the sequences seen so far). Sampling keys hash (sequence, position, latent), so a sequence is
+        sampled the same whoever reads it and collectors of disjoint sequences merge exactly."""
         if codes_BSF.dim() != 3 or codes_BSF.shape[:2] != tokens_BS.shape or codes_BSF.shape[2] != self.d_sae:
             raise EvalkitInputError(
                 "autointerp",
@@ -235,18 +322,19 @@ class ExampleCollector:
         codes_BSF = codes_BSF.masked_fill(special_BS[..., None], 0.0).clamp(min=0.0)
         tokens_BS = tokens_BS.long().cpu().masked_fill(special_BS, -1)
         b_N, s_N, f_N = (codes_BSF > 0).nonzero(as_tuple=True)
-        ctx = _BatchContext(
-            tokens_BS, codes_BSF, self.config.window, self.n_seq, b_N, s_N, f_N, codes_BSF[b_N, s_N, f_N]
-        )
+        offset = self.n_seq if seq_offset is None else seq_offset
+        ctx = _BatchContext(tokens_BS, codes_BSF, self.config.window, offset, b_N, s_N, f_N, codes_BSF[b_N, s_N, f_N])
         self._update_stats(ctx)
         peaks = self.config.peaks_per_sequence
         self._top.merge(ctx.v_N, ctx, peaks)
-        u_N = torch.rand(len(ctx.v_N), generator=self._gen)
-        self._iw.merge(torch.log(u_N) / ctx.v_N.square(), ctx, peaks)  # A-Res keys: sampling ∝ activation²
+        keys_N = token_key(b_N + offset, s_N)
+        latent_N = self._latent_idx[f_N]
+        u_N = token_priority(keys_N, self.config.seed, 2 * latent_N + 1).clamp_min(2.0**-60)
+        self._iw.merge((torch.log(u_N) / ctx.v_N.double().square()).float(), ctx, peaks)  # A-Res: ∝ activation²
         if self._uni is not None:
-            self._uni.merge(torch.rand(len(ctx.v_N), generator=self._gen), ctx, peaks)
-        self._update_random(ctx, special_BS)
-        self.n_seq += tokens_BS.shape[0]
+            self._uni.merge(token_priority(keys_N, self.config.seed, 2 * latent_N + 2).float(), ctx, peaks)
+        self._random.offer(ctx, special_BS, self.config.seed)
+        self.n_seq = max(self.n_seq, offset + tokens_BS.shape[0])
         self.n_tokens += int((~special_BS).sum())
 
     def _update_stats(self, ctx: _BatchContext) -> None:
@@ -254,23 +342,36 @@ class ExampleCollector:
         bins_N = torch.bucketize(ctx.v_N.double(), _HIST_EDGES)
         self._hist_FH.view(-1).index_add_(0, ctx.f_N * self._hist_FH.shape[1] + bins_N, torch.ones_like(bins_N))
 
-    def _update_random(self, ctx: _BatchContext, special_BS: torch.Tensor) -> None:
-        """One uniformly random non-special token per sequence competes for the shared random pool."""
-        u_BS = torch.rand(special_BS.shape, generator=self._gen).masked_fill(special_BS, _NEG_INF)
-        key_B, pos_B = u_BS.max(dim=1)
-        n_keep = self._rand_key_R.shape[0]
-        new_key, idx = torch.cat([self._rand_key_R, key_B]).topk(n_keep)
-        from_old = idx < n_keep
-        b = (idx - n_keep).clamp(min=0)
-        pos_new = pos_B[b]
-        tok_new, codes_new = ctx.windows(b, pos_new)
-        old = idx.clamp(max=n_keep - 1)
-        self._rand_tok_RW = torch.where(from_old[:, None], self._rand_tok_RW[old], tok_new)
-        self._rand_codes_RWF = torch.where(from_old[:, None, None], self._rand_codes_RWF[old], codes_new)
-        self._rand_seq_R = torch.where(from_old, self._rand_seq_R[old], b + ctx.seq_offset)
-        self._rand_seq_R = self._rand_seq_R.masked_fill(new_key == _NEG_INF, -1)
-        self._rand_pos_R = torch.where(from_old, self._rand_pos_R[old], pos_new)
-        self._rand_key_R = new_key
+    def state_dict(self) -> State:
+        """The collector's state (metrics.base.StreamingMetric's protocol): pools, maxima, histograms, counters."""
+        state: State = {"max_F": self._max_F.clone(), "hist_FH": self._hist_FH.clone()}
+        state |= {"n_seq": self.n_seq, "n_tokens": self.n_tokens}
+        for prefix, pool in self._pools():
+            state |= pool.state_dict(prefix)
+        return state
+
+    def load_state_dict(self, state: Mapping[str, StateValue]) -> None:
+        max_F, hist_FH = state["max_F"], state["hist_FH"]
+        assert isinstance(max_F, torch.Tensor) and isinstance(hist_FH, torch.Tensor)
+        self._max_F, self._hist_FH = max_F.float().clone(), hist_FH.long().clone()
+        self.n_seq, self.n_tokens = int(state["n_seq"]), int(state["n_tokens"])
+        for prefix, pool in self._pools():
+            pool.load_state_dict(state, prefix)
+
+    def merge(self, other: ExampleCollector) -> None:
+        """Fold in a collector (same d_sae, latents and config) that saw other sequences."""
+        self._max_F = torch.maximum(self._max_F, other._max_F)
+        self._hist_FH = self._hist_FH + other._hist_FH
+        self.n_seq = max(self.n_seq, other.n_seq)
+        self.n_tokens += other.n_tokens
+        for (_, pool), (_, other_pool) in zip(self._pools(), other._pools(), strict=True):
+            pool.absorb(other_pool)  # type: ignore[arg-type]
+
+    def _pools(self) -> list[tuple[str, _Pool | _RandomPool]]:
+        pools: list[tuple[str, _Pool | _RandomPool]] = [("top.", self._top), ("iw.", self._iw)]
+        if self._uni is not None:
+            pools.append(("uni.", self._uni))
+        return [*pools, ("random.", self._random)]
 
     def finish(self) -> dict[int, LatentExamples]:
         """Per tracked latent: explainer windows, held-out scoring windows, random windows, firing count."""
@@ -343,14 +444,15 @@ class ExampleCollector:
     def _random_windows(self, i: int, taken: list[Window], rng: np.random.Generator) -> list[Window]:
         c = self.config
         candidates = []
-        for r in rng.permutation(self._rand_key_R.shape[0]).tolist():
-            if int(self._rand_seq_R[r]) < 0:
+        pool = self._random
+        for r in rng.permutation(pool.key_R.shape[0]).tolist():
+            if int(pool.seq_R[r]) < 0:
                 continue
             w = _make_window(
-                self._rand_tok_RW[r].tolist(),
-                self._rand_codes_RWF[r, :, i].tolist(),
-                int(self._rand_seq_R[r]),
-                int(self._rand_pos_R[r]),
+                pool.tok_RW[r].tolist(),
+                pool.codes_RWF[r, :, i].tolist(),
+                int(pool.seq_R[r]),
+                int(pool.pos_R[r]),
                 "random",
             )
             if not any(w.overlaps(t, c.window) for t in taken):

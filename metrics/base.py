@@ -45,19 +45,25 @@ GROUPS = ("core", "downstream", "sparsity", "alignment", "norm", "afa", "stabili
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
-def token_priority(keys_T: torch.Tensor, seed: int) -> torch.Tensor:
-    """A seeded pseudo-random priority in [0, 1) per token key (float64): splitmix64 of (key, seed).
-
-    A pure function of the key, so a sample "k largest priorities" of a stream is the same however the stream was
-    split into batches, shards or workers, and merges exactly."""
+def _splitmix64(z: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore"):
-        z = keys_T.cpu().numpy().astype(np.uint64) + np.uint64(
-            (seed * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) & 0xFFFFFFFFFFFFFFFF
-        )
-        z = z * np.uint64(0x9E3779B97F4A7C15) & _MASK64
+        z = (z + np.uint64(0x9E3779B97F4A7C15)) & _MASK64
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9) & _MASK64
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB) & _MASK64
-        z = z ^ (z >> np.uint64(31))
+        return z ^ (z >> np.uint64(31))
+
+
+def token_priority(keys_T: torch.Tensor, seed: int, stream: torch.Tensor | int | None = None) -> torch.Tensor:
+    """A seeded pseudo-random priority in [0, 1) per token key (float64): splitmix64 of (key, seed[, stream]).
+
+    A pure function of the key, so a sample "k largest priorities" of a stream is the same however the stream was
+    split into batches, shards or workers, and merges exactly. `stream` (an int, or ints broadcast against the
+    keys, e.g. a latent index) draws independent priorities for the same tokens."""
+    z = keys_T.cpu().numpy().astype(np.uint64) ^ _splitmix64(np.asarray(seed & 0xFFFFFFFFFFFFFFFF, dtype=np.uint64))
+    z = _splitmix64(z)
+    if stream is not None:
+        tag = stream.cpu().numpy() if isinstance(stream, torch.Tensor) else np.asarray(stream)
+        z = _splitmix64(z ^ _splitmix64(tag.astype(np.uint64) + np.uint64(1)))
     return torch.from_numpy((z >> np.uint64(11)).astype(np.float64) / float(1 << 53))
 
 
