@@ -9,7 +9,8 @@ $(BIN)/evalkit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch first, pinned: the CPU wheel; an unpinned torch pulls gigabytes of CUDA packages.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev]"
+	# The ray extra too: its tests (a local Ray cluster) run in the default suite.
+	$(BIN)/pip install --quiet -e ".[dev,ray]"
 	touch $(BIN)/evalkit
 
 setup: $(BIN)/evalkit

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from evalkit.app.executors import add_executor_args, check_executor, execution_info, make_runner
 from evalkit.core.defaults import DEFAULT_BATCH_TOKENS, DTYPE_NAMES
 from evalkit.core.errors import EvalkitInputError
 
@@ -131,6 +132,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
         help="token-level concept labels (.safetensors with tensor 'labels' and metadata 'label_names')",
     )
     p.add_argument("--no-report", action="store_true", help="do not write report.html (`evalkit report DIR` can later)")
+    add_executor_args(p)
     p.set_defaults(func=run_command)
 
 
@@ -203,6 +205,7 @@ def _adapt(source: ActivationSource, hook: str) -> DataSource:
     label_file = getattr(source, "labels", None)  # a LabelledSource's LabelFile
     label_names = getattr(label_file, "names", None) or getattr(source, "label_names", None) or ()
     has_tokens = model is not None or bool(source.info.details.get("has_tokens"))
+    iter_from = getattr(source, "iter_from", None)  # a model source skips batches without running the model
     return DataSource(
         lambda: iter(source),
         description,
@@ -212,6 +215,7 @@ def _adapt(source: ActivationSource, hook: str) -> DataSource:
         has_tokens=has_tokens,
         label_names=tuple(label_names),
         d_in=source.d_in,
+        open_batches_from=iter_from if callable(iter_from) else None,
     )
 
 
@@ -383,6 +387,7 @@ def _run_command(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     settings = settings_from_args(args)
+    check_executor(args)
     failed = load_metric_modules()
     # Group order (core, downstream, sparsity, ...) makes summary.csv read headline-first.
     specs = sorted(select_metrics(args.metrics), key=lambda s: GROUPS.index(s.group))
@@ -433,13 +438,12 @@ def _locked_run(
     from evalkit.app.run_autointerp import AutointerpStage
     from evalkit.core.io import atomic_write_text
     from evalkit.engine.outputs import SaeOutput, write_outputs
-    from evalkit.engine.runner import Runner
     from evalkit.engine.store import ResultStore
 
     saes, sources, hook_of, bad = _preflight(args)
     store = ResultStore(args.out)
     stage = AutointerpStage(args, settings, store, saes, sources, hook_of) if args.autointerp != "off" else None
-    runner = Runner(store, settings, specs, [stage.observer] if stage else [])
+    runner = make_runner(args, settings, specs, store, [stage.observer] if stage else [])
     outcome = runner.run(saes, sources, _explicit_groups(args), hook_of)
     notes = [f"metric module metrics.{m} failed to import" for m in failed]
     if stage is not None:
@@ -463,6 +467,7 @@ def _locked_run(
     info["failed"] = bad  # type: ignore[assignment]
     if stage is not None and stage.llm_usage:
         info["execution"]["llm_usage"] = stage.llm_usage  # type: ignore[index]
+    info["execution"].update(execution_info(runner))  # type: ignore[union-attr]
     write_outputs(args.out, outputs, info, eval_config)
     log.info(
         "evaluated %d SAE(s): %d result(s) computed, %d reused; wrote %s",

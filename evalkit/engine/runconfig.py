@@ -53,6 +53,9 @@ class DataSource:
     """Known up front (lets the runner skip its norm pre-pass when no metric needs norms); None = unknown."""
     d_in: int | None = None
     """Width of the activations, when known before the pass (the pre-flight checks every SAE against it)."""
+    open_batches_from: Callable[[int], Iterable[ActivationBatch]] | None = None
+    """The batches from index `start` on, the same as `open_batches()` would yield them, without computing the
+    skipped ones (a split run's token shards); None = read and drop them."""
 
     def known_up_front(self) -> bool:
         return self.fingerprint is not None and self.has_tokens is not None and self.label_names is not None

@@ -20,7 +20,7 @@ import torch
 
 from evalkit.core.errors import EvalkitInputError
 from evalkit.core.identity import JsonValue, stable_hash
-from evalkit.core.records import EvalContext, ResultKey, SampleTable, Shard
+from evalkit.core.records import EvalContext, MetricValue, ResultKey, SampleTable, Shard
 from evalkit.engine.passes import HookData, data_stats, norm_prepass, provisional_hook_data, with_data_stats
 from evalkit.engine.runconfig import DataSource, EvalSettings, SaeLike, seed_groups
 from evalkit.engine.store import ResultStore
@@ -164,10 +164,7 @@ class Runner:
             if not members:
                 continue
             t0 = time.perf_counter()
-            if self._needs_prepass(source):
-                data = norm_prepass(hook, source, self.settings, members)
-            else:
-                data = provisional_hook_data(hook, source, self.settings)
+            data = self._prepare(hook, source, members)
             self.timings_s[f"prepass:{hook}"] = time.perf_counter() - t0
             for s in members:
                 results[s.sae_id] = SaeResult(s, hook)
@@ -175,6 +172,12 @@ class Runner:
         self._run_groups(groups, hooks, results)
         ordered = [results[s.sae_id] for s in saes if s.sae_id in results]
         return RunOutcome(ordered, list(self.skipped.values()), self.computed, self.reused, self.timings_s, hooks)
+
+    def _prepare(self, hook: str, source: DataSource, members: Sequence[SaeLike]) -> HookData:
+        """What is known about the hook's data before the pass: the norm pre-pass, or the source's word."""
+        if self._needs_prepass(source):
+            return norm_prepass(hook, source, self.settings, members)
+        return provisional_hook_data(hook, source, self.settings)
 
     def _needs_prepass(self, source: DataSource) -> bool:
         """The pre-pass reads the data an extra time; skip it when nothing needs norms before the pass."""
@@ -239,8 +242,7 @@ class Runner:
             key = ResultKey(s.content_hash, spec.name, _config_hash(spec, self.settings, data))
             shard = self._cached(key)
             if shard is None:
-                with torch.no_grad():
-                    shard = Shard(key, tuple(spec.factory(s.sae, data.ctx)), data.ctx.n_tokens, _now_ms())
+                shard = Shard(key, tuple(self._weights_values(spec, s, data.ctx)), data.ctx.n_tokens, _now_ms())
                 self._save(shard)
             result.shards.append(shard)
 
@@ -280,12 +282,21 @@ class Runner:
                 self.reused.append(keys[sid])
                 results[sid].shards.append(shard)  # type: ignore[arg-type]
             return
-        with torch.no_grad():
-            values = spec.factory({s.sae_id: s.sae for s in group}, data.ctx)
+        values = self._group_values(spec, group, data.ctx)
         for s in group:
             shard = Shard(keys[s.sae_id], tuple(values.get(s.sae_id, [])), data.ctx.n_tokens, _now_ms())
             self._save(shard)
             results[s.sae_id].shards.append(shard)
+
+    @torch.no_grad()
+    def _weights_values(self, spec: MetricSpec, s: SaeLike, ctx: EvalContext) -> list[MetricValue]:
+        return list(spec.factory(s.sae, ctx))
+
+    @torch.no_grad()
+    def _group_values(
+        self, spec: MetricSpec, group: Sequence[SaeLike], ctx: EvalContext
+    ) -> dict[str, list[MetricValue]]:
+        return dict(spec.factory({s.sae_id: s.sae for s in group}, ctx))
 
 
 def sample_table(spec: MetricSpec, acc: StreamingMetric) -> SampleTable | None:

@@ -8,7 +8,8 @@ once per SAE.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -35,6 +36,18 @@ class BatchObserver(Protocol):
     def observe(self, sae_id: str, batch: SaeBatch) -> None: ...
 
 
+@dataclass(frozen=True)
+class TokenShard:
+    """A contiguous range of a hook's batches, with what a pass starting there must know (from a pre-pass)."""
+
+    start: int
+    stop: int
+    seq_offset: int
+    """Sequences in the batches before `start`: the global index of the shard's first sequence."""
+    remaining: int | None
+    """Evaluation tokens the budget (`--tokens`) still allows at `start`; None = no budget."""
+
+
 @dataclass
 class SaeState:
     """One SAE's pending accumulators during a pass."""
@@ -51,18 +64,24 @@ def stream_pass(
     members: Sequence[SaeLike],
     settings: EvalSettings,
     observers: Sequence[BatchObserver],
+    shard: TokenShard | None = None,
 ) -> PassStats:
-    """Feed every pending accumulator of `states`; returns what the pass measured about the data."""
+    """Feed every pending accumulator of `states` (over `shard` only, when given); returns what the pass
+    measured about the data."""
     splicer = Splicer(data.source.model, data.hook) if any(st.wants_downstream for st in states) else None
     token_filter = TokenFilter(settings, data.norm_limit)
+    source_batches = data.source.open_batches()
+    if shard is not None:
+        token_filter.remaining = shard.remaining
+        source_batches = _shard_batches(data, shard)
     batches = tqdm(
-        data.source.open_batches(),
+        source_batches,
         desc=f"evaluating {data.hook}",
         unit="batch",
         leave=False,
         disable=None,
     )
-    n_seq_seen = 0
+    n_seq_seen = 0 if shard is None else shard.seq_offset
     stats = PassStats()
     for i, batch in enumerate(batches):
         if not data.prepassed:
@@ -83,6 +102,16 @@ def stream_pass(
         for st in states:
             _update_sae(st, batch, acts_BSD, keep_BS, splicer, scorer, base_extras, observers)
     return stats
+
+
+def _shard_batches(data: HookData, shard: TokenShard) -> Iterator[ActivationBatch]:
+    """The shard's batches: from the source's own `open_batches_from` when it can skip without computing (a
+    model source skips the model's forward pass), else read and dropped."""
+    if data.source.open_batches_from is not None:
+        batches = iter(data.source.open_batches_from(shard.start))
+    else:
+        batches = itertools.islice(data.source.open_batches(), shard.start, None)
+    return itertools.islice(batches, shard.stop - shard.start)
 
 
 def _clean_and_zero(

@@ -154,8 +154,15 @@ class ModelSource:
         return acts.flatten(2) if acts.ndim == 4 else acts
 
     def __iter__(self) -> Iterator[ActivationBatch]:
+        return self.iter_from(0)
+
+    def iter_from(self, start: int) -> Iterator[ActivationBatch]:
+        """The batches from index `start` on; the skipped ones are tokenised but never run through the model."""
         row = 0
-        for tokens in self.token_batches():
+        for i, tokens in enumerate(self.token_batches()):
+            if i < start:
+                row += len(tokens)
+                continue
             labels = self._label_fn(row, len(tokens)) if self._label_fn is not None else None
             row += len(tokens)
             yield ActivationBatch(
