@@ -129,20 +129,6 @@ def sweep_temp_files(root: Path) -> list[Path]:
     return swept
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """atomic_write_text for bytes (the same temporary-file-and-replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def evalkit_version() -> str:
     try:
         return version("evalkit")
