@@ -102,4 +102,8 @@ def execution_info(runner: Runner) -> dict[str, object]:
         "units_computed": len(runner.units_computed),
         "units_reused": len(runner.units_reused),
         "worker_failures": int(getattr(runner.executor, "failures", 0)),
+        # Per finished unit: submission-to-result on the driver, and computing on the worker (the difference is
+        # Ray's overhead: scheduling, serialisation, transfer).
+        "unit_wall_s": [round(w, 4) for w, _ in getattr(runner.executor, "unit_timings", [])],
+        "unit_compute_s": [round(c, 4) for _, c in getattr(runner.executor, "unit_timings", [])],
     }

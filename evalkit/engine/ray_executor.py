@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,10 +52,12 @@ class UnitWorker:
     def ready(self) -> int:
         return os.getpid()
 
-    def run_unit(self, unit: WorkUnit, plan: HookPlan, settings: EvalSettings) -> bytes:
+    def run_unit(self, unit: WorkUnit, plan: HookPlan, settings: EvalSettings) -> tuple[bytes, float]:
+        """The unit's encoded states and the seconds this worker spent computing them."""
+        t0 = time.perf_counter()
         blob = encode_unit_result(run_unit(unit, plan, self.sources[plan.hook], self.saes, settings))
         _maybe_die()
-        return blob
+        return blob, time.perf_counter() - t0
 
     def weights(self, jobs: Sequence[tuple[str, str, EvalContext]]) -> list[list[MetricValue]]:
         return [weights_values(self.saes[sid], entry, ctx) for sid, entry, ctx in jobs]
@@ -98,6 +101,8 @@ class RayExecutor:
         self._build, self._threads = build, torch_threads
         self.max_retries = max_retries
         self.failures = 0
+        self.unit_timings: list[tuple[float, float]] = []
+        """Per finished unit: (seconds from submission to result on the driver, seconds computing on the worker)."""
         self._actors: list[Any] = [self._new_actor() for _ in range(self.n_workers)]
         log.info("ray: %d worker(s) on %s", self.n_workers, ray.get_runtime_context().gcs_address)
 
@@ -110,16 +115,20 @@ class RayExecutor:
         queue = list(units)
         attempts = dict.fromkeys((u.unit_id for u in units), 0)
         running: dict[Any, tuple[int, WorkUnit]] = {}
+        submitted: dict[Any, float] = {}
         idle = list(range(len(self._actors)))
         plan_ref = ray.put(plan)
         while queue or running:
             while queue and idle:
                 slot, unit = idle.pop(), queue.pop(0)
-                running[self._actors[slot].run_unit.remote(unit, plan_ref, settings)] = (slot, unit)
+                ref = self._actors[slot].run_unit.remote(unit, plan_ref, settings)
+                running[ref] = (slot, unit)
+                submitted[ref] = time.perf_counter()
             [ref], _ = ray.wait(list(running), num_returns=1)
             slot, unit = running.pop(ref)
             try:
-                blob = ray.get(ref)
+                blob, compute_s = ray.get(ref)
+                self.unit_timings.append((time.perf_counter() - submitted.pop(ref), compute_s))
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
                 self._retry(unit, attempts, exc)
                 self._actors[slot] = self._new_actor()
