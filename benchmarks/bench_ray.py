@@ -13,6 +13,7 @@ reported apart: it is paid once per run, not per unit. Everything runs in fresh 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import resource
 import subprocess
@@ -104,9 +105,14 @@ def main() -> None:
     share = sum(overhead) / sum(walls)
     print(f"per-unit overhead: {sum(overhead) / len(walls):.3f} s mean, {share:.1%} of unit wall time")
     in_units = max(walls)  # units run in parallel; the slowest bounds the pass
-    print(f"outside units (pre-pass, actor start-up, merge, outputs): ~{ray_wall - in_units:.1f} s of {ray_wall:.1f} s")
-    same = (root / "ray" / "results.csv").read_bytes() == (root / "local" / "results.csv").read_bytes()
-    print(f"results.csv byte-identical to local: {same}")
+    print(f"outside units (start-up, pre-pass, merge, outputs): ~{ray_wall - in_units:.1f} s of {ray_wall:.1f} s")
+    print(f"worker start-up (import torch, load 8 SAEs, open the data; once per run): {info['worker_startup_s']:.1f} s")
+    local_rows, ray_rows = (list(csv.DictReader(open(root / d / "results.csv"))) for d in ("local", "ray"))
+    rel = [
+        abs(float(r["value"]) - float(l_["value"])) / max(abs(float(l_["value"])), 1e-30)
+        for r, l_ in zip(ray_rows, local_rows, strict=True)
+    ]
+    print(f"results.csv: {len(rel)} rows, max relative difference to local {max(rel):.1e}")
 
 
 if __name__ == "__main__":

@@ -102,6 +102,7 @@ def execution_info(runner: Runner) -> dict[str, object]:
         "units_computed": len(runner.units_computed),
         "units_reused": len(runner.units_reused),
         "worker_failures": int(getattr(runner.executor, "failures", 0)),
+        "worker_startup_s": round(float(getattr(runner.executor, "startup_s", 0.0)), 3),
         # Per finished unit: submission-to-result on the driver, and computing on the worker (the difference is
         # Ray's overhead: scheduling, serialisation, transfer).
         "unit_wall_s": [round(w, 4) for w, _ in getattr(runner.executor, "unit_timings", [])],

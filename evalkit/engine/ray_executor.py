@@ -103,8 +103,17 @@ class RayExecutor:
         self.failures = 0
         self.unit_timings: list[tuple[float, float]] = []
         """Per finished unit: (seconds from submission to result on the driver, seconds computing on the worker)."""
+        t0 = time.perf_counter()
         self._actors: list[Any] = [self._new_actor() for _ in range(self.n_workers)]
-        log.info("ray: %d worker(s) on %s", self.n_workers, ray.get_runtime_context().gcs_address)
+        ray.get([actor.ready.remote() for actor in self._actors])  # SAEs loaded, sources open, on every worker
+        self.startup_s = time.perf_counter() - t0
+        """Seconds until every actor had built its workspace (paid once per run, not per unit)."""
+        log.info(
+            "ray: %d worker(s) ready on %s in %.1f s",
+            self.n_workers,
+            ray.get_runtime_context().gcs_address,
+            self.startup_s,
+        )
 
     def _new_actor(self) -> Any:
         return self._actor_cls.remote(self._build, self._threads)
