@@ -118,7 +118,7 @@ def test_gpt2_registry_sae_and_hf_dataset_offline(small_offline: HfCache, tmp_pa
     out = tmp_path / "out"
     spec = f"sae-lens:{RELEASE}/{SMALL_HOOK}"
     argv = ["run", "--sae", spec, "--dataset", DATASET, "--text-column", "body", "--tokens", str(N_TOKENS)]
-    code = main([*argv, "--metrics", "core,downstream,sparsity", "--out", str(out)])
+    code = main([*argv, "--metrics", "core,downstream,sparsity", "--out", str(out), "--no-report"])
     assert code == 0
     run = json.loads((out / "run.json").read_text())
     (source,) = run["sources"].values()
@@ -214,3 +214,45 @@ def test_gemma_scope_jumprelu_through_saelens_converter(tmp_path: Path) -> None:
     assert 0 < values["l0"] < 4096
     frame = pd.read_parquet(out / "results.parquet")
     assert set(frame["architecture"]) == {"jumprelu"} and set(frame["d_sae"]) == {4096}
+
+
+# ------------------------------------------------------------------------------ GPT-2 small's exact shape (slow)
+
+FULL_HOOK = "blocks.8.hook_resid_pre"
+FULL_D_SAE = 24576
+
+
+@pytest.fixture(scope="session")
+def full_cache(tmp_path_factory: pytest.TempPathFactory) -> HfCache:
+    """gpt2 at GPT-2 small's exact config (random weights, ~500 MB) and gpt2-small-res-jb's blocks.8 SAE at its
+    real size (768 x 24,576), built once a session."""
+    root = tmp_path_factory.mktemp("hf-full")
+    cache = HfCache(root)
+    add_gpt2(cache, root / "work")
+    cfg = jb_cfg(768, FULL_D_SAE, FULL_HOOK)
+    add_saelens_release_sae(cache, RELEASE, FULL_HOOK, cfg, jb_weights(768, FULL_D_SAE), root / "work-sae")
+    add_text_dataset(cache, DATASET, documents(), root / "work-data")
+    return cache
+
+
+@pytest.mark.slow
+def test_gpt2_small_shape_with_real_size_registry_sae(full_cache: HfCache, tmp_path: Path) -> None:
+    """`evalkit run --model gpt2 --hook blocks.8.hook_resid_pre` with gpt2-small-res-jb at d_sae 24,576, offline."""
+    from transformer_lens import HookedTransformer
+
+    out = tmp_path / "out"
+    spec = f"sae-lens:{RELEASE}/{FULL_HOOK}"
+    argv = ["run", "--sae", spec, "--model", "gpt2", "--hook", FULL_HOOK, "--dataset", DATASET]
+    argv += ["--text-column", "body", "--tokens", "64", "--metrics", "core,downstream,sparsity", "--no-report"]
+    with offline(full_cache):
+        assert main([*argv, "--out", str(out)]) == 0
+        model = HookedTransformer.from_pretrained_no_processing("gpt2", device="cpu", center_writing_weights=True)
+    assert (model.cfg.n_layers, model.cfg.d_model, model.cfg.d_vocab) == (12, 768, 50257)
+    weights = jb_weights(768, FULL_D_SAE)
+    f_TF, x_TD = direct_codes(model, FULL_HOOK, weights, 64)
+    values = sae_level(out)
+    assert values["l0"] == pytest.approx(float((f_TF > 0).sum(1).double().mean()), rel=1e-6)
+    x_hat = f_TF @ weights["W_dec"] + weights["b_dec"]
+    assert values["mse"] == pytest.approx(float((x_TD - x_hat).pow(2).sum(1).double().mean()), rel=1e-4)
+    features = pd.read_parquet(out / "features.parquet")
+    assert len(features) == FULL_D_SAE and len(pd.read_csv(out / "features.csv")) == FULL_D_SAE  # <= 200k rows

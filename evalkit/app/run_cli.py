@@ -56,8 +56,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     p.add_argument(
         "--batch-size",
         type=int,
-        default=DEFAULT_BATCH_TOKENS,
-        help=f"tokens per batch, rounded down to whole sequences (default {DEFAULT_BATCH_TOKENS})",
+        default=None,
+        help=f"tokens per batch, rounded down to whole sequences (default {DEFAULT_BATCH_TOKENS}; on a CUDA device, "
+        "chosen from its free memory)",
     )
     p.add_argument(
         "--seq-len", type=int, default=None, help="tokens per sequence for text data (default: the SAE's context size)"
@@ -77,7 +78,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     )
     p.add_argument("--out", default="evalkit-out", type=Path, help="output folder (default evalkit-out/)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--dtype", default="float32", choices=DTYPE_NAMES, help="SAE compute dtype (default float32)")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=DTYPE_NAMES,
+        help="compute dtype of the model and the SAEs (default float32; metrics accumulate in float64)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for sampling done by metrics (default 0)")
     p.add_argument(
         "--exclude-special",
@@ -136,6 +142,27 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     p.set_defaults(func=run_command)
 
 
+GPU_BYTES_PER_TOKEN = 4 * (4 * 262_144 + 8 * 131_072 + 64 * 4_608)
+"""A bound on one token's working set on the GPU: clean and patched log-probabilities over a Gemma-sized
+vocabulary, dense codes and their masks for a 131k-latent SAE, and the model's activations at d_model 4,608."""
+
+
+def batch_tokens(requested: int | None, device: str) -> int:
+    """--batch-size when given; on a CUDA device, as many tokens as half its free memory holds at
+    GPU_BYTES_PER_TOKEN each (at least 512, at most 65,536); elsewhere DEFAULT_BATCH_TOKENS."""
+    if requested is not None:
+        return requested
+    if str(device).startswith("cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            free, _ = torch.cuda.mem_get_info(torch.device(device))
+            chosen = int(max(512, min(65_536, free // 2 // GPU_BYTES_PER_TOKEN)))
+            log.info("batch size %d tokens, from %.1f GiB free on %s", chosen, free / 2**30, device)
+            return chosen
+    return DEFAULT_BATCH_TOKENS
+
+
 def settings_from_args(args: argparse.Namespace) -> EvalSettings:
     from evalkit.engine.runconfig import EvalSettings
 
@@ -149,7 +176,7 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
         raise EvalkitInputError("--checkpoint-every", f"must be positive, got {args.checkpoint_every}")
     return EvalSettings(
         n_tokens=args.tokens,
-        batch_size=args.batch_size,
+        batch_size=batch_tokens(args.batch_size, args.device),
         seq_len=args.seq_len,
         exclude_special=args.exclude_special,
         max_norm_multiple=args.max_norm_multiple,
@@ -233,9 +260,9 @@ def resolve_sources(
     common = {
         "labels": args.labels,
         "n_tokens": n_read,
-        "batch_size": args.batch_size,
+        "batch_size": batch_tokens(args.batch_size, args.device),
         "device": args.device,
-        "dtype": "float32",
+        "dtype": args.dtype,  # the model runs in --dtype too (bfloat16 on a GPU); metrics accumulate in float64
         "seed": args.seed,
     }
     if args.seq_len:
