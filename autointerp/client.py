@@ -25,6 +25,7 @@ import openai
 
 from autointerp.config import AutointerpConfig
 from autointerp.prompts import Message
+from evalkit.core.faults import fault_point
 from evalkit.core.io import dump_checked, load_checked
 
 log = logging.getLogger(__name__)
@@ -191,6 +192,7 @@ class LLMClient:
         async with self._semaphore:
             reply = await self._with_retries(client, key, model, messages, params, spent)
         self._cache_write(reply)
+        fault_point("llm")
         self._replies[key] = reply
         return reply
 

@@ -82,7 +82,7 @@ def make_runner(
     from evalkit.engine.runner import Runner
 
     if getattr(args, "executor", "local") != "ray":
-        return Runner(store, settings, specs, observers)
+        return Runner(store, settings, specs, observers, getattr(args, "checkpoint_every", None))
     from evalkit.engine.ray_executor import RayExecutor
 
     worker_args = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "func"})

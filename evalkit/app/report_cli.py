@@ -23,10 +23,17 @@ def _add_matching_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    from evalkit.core.errors import EvalkitInputError
+    from evalkit.engine.outlock import OutputLock
+    from evalkit.engine.preflight import prepare_output
     from reports.html import write_report
     from reports.matched import parse_targets
 
-    path = write_report(args.dir, by=args.by, targets=parse_targets(args.at))
+    if not Path(args.dir).is_dir():
+        raise EvalkitInputError(args.dir, "no such run folder")
+    prepare_output(Path(args.dir))  # a read-only folder fails here, in one line, before anything is read
+    with OutputLock(Path(args.dir)):  # not while a run writes into it
+        path = write_report(args.dir, by=args.by, targets=parse_targets(args.at))
     print(path)
     return 0
 

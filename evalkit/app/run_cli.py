@@ -492,6 +492,7 @@ def _locked_run(
     }
     info = run_info(args, settings, specs, outcome, saes, notes, time.perf_counter() - t0)
     info["failed"] = bad  # type: ignore[assignment]
+    info["execution"]["passes"] = outcome.passes  # type: ignore[index]
     if stage is not None and stage.llm_usage:
         info["execution"]["llm_usage"] = stage.llm_usage  # type: ignore[index]
     info["execution"].update(execution_info(runner))  # type: ignore[union-attr]

@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,8 @@ def temp_path_for(path: Path) -> tuple[int, str]:
     return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, before_rename: Callable[[], None] | None = None) -> None:
+    """`before_rename`: called with the data on disk under the temporary name (the fault-injection tests)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = temp_path_for(path)
     try:
@@ -66,6 +68,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, _FILE_MODE)
+        if before_rename is not None:
+            before_rename()
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -24,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from evalkit.core.faults import fault_point
 from evalkit.core.identity import JsonValue, stable_hash
 from evalkit.core.io import atomic_write_text, evalkit_version, file_stem
 from evalkit.core.records import Shard
@@ -281,14 +282,18 @@ def write_outputs(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_results(out_dir, outputs)
+    fault_point("report")
     atomic_write_text(out_dir / "summary.csv", summary_text(outputs))
+    fault_point("report")
     _write_features(out_dir, outputs)
+    fault_point("report")
     unwritten: dict[str, list[str]] = {}
     for o in outputs:
         missing = _write_saebench(out_dir, o, eval_config, run_info)
         if missing:
             unwritten.setdefault(missing, []).append(o.handle.sae_id)
         _write_samples(out_dir, o)
+        fault_point("report")
     skipped = run_info.setdefault("skipped", [])
     for missing, sae_ids in unwritten.items():
         # SAEBench's CoreEvalOutput requires every one of these; a file without them would not validate.

@@ -95,6 +95,29 @@ class PassStats:
         self.has_tokens = True
         self.label_names: tuple[str, ...] = ()
         self.fingerprint = DataFingerprint()
+        self.n_batches_read = 0
+        """Batches this process read (a pass resumed from a checkpoint reads fewer)."""
+        self.resumed_at_batch = 0
+
+    def state_dict(self) -> dict[str, torch.Tensor | int | bool | list[str]]:
+        """For in-pass checkpoints. The fingerprint is not kept: a pass without a pre-pass has a source that
+        vouches for its own fingerprint (provisional_hook_data), so this one is never used there."""
+        norms = torch.cat(self.norms) if self.norms else torch.zeros(0, dtype=torch.float64)
+        return {
+            "norms": norms,
+            "n_read": self.n_read,
+            "n_special": self.n_special,
+            "has_tokens": self.has_tokens,
+            "label_names": list(self.label_names),
+        }
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        norms = state["norms"]
+        assert isinstance(norms, torch.Tensor)
+        self.norms = [norms] if norms.numel() else []
+        self.n_read, self.n_special = int(state["n_read"]), int(state["n_special"])  # type: ignore[call-overload]
+        self.has_tokens = bool(state["has_tokens"])
+        self.label_names = tuple(str(n) for n in state["label_names"])  # type: ignore[attr-defined]
 
     def add(self, batch: ActivationBatch, keep_BS: torch.Tensor, exclude_special: bool) -> None:
         self.n_read += batch.n_tokens

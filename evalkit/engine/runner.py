@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 import torch
 
 from evalkit.core.errors import EvalkitInputError
+from evalkit.core.faults import fault_point
 from evalkit.core.identity import JsonValue, stable_hash
 from evalkit.core.records import EvalContext, MetricValue, ResultKey, SampleTable, Shard
+from evalkit.engine.checkpoint import DEFAULT_INTERVAL_S, PassCheckpointer
 from evalkit.engine.passes import HookData, data_stats, norm_prepass, provisional_hook_data, with_data_stats
 from evalkit.engine.runconfig import DataSource, EvalSettings, SaeLike, seed_groups
 from evalkit.engine.store import ResultStore
@@ -66,6 +68,8 @@ class RunOutcome:
     reused: list[ResultKey]
     timings_s: dict[str, float]
     hooks: dict[str, HookData]
+    passes: dict[str, dict[str, JsonValue]] = field(default_factory=dict)
+    """Per hook: batches read, the batch a checkpoint resumed at, checkpoints written and their time."""
 
 
 def _now_ms() -> int:
@@ -111,7 +115,13 @@ class Runner:
         settings: EvalSettings,
         specs: Sequence[MetricSpec],
         observers: Sequence[BatchObserver] = (),
+        checkpoint_every: int | None = None,
+        checkpoint_every_s: float = DEFAULT_INTERVAL_S,
     ) -> None:
+        """`checkpoint_every`: save the pass's state every N batches; None = every `checkpoint_every_s`."""
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_every_s = checkpoint_every_s
+        self.passes: dict[str, dict[str, JsonValue]] = {}
         self.store = store
         self.settings = settings
         self.specs = list(specs)
@@ -135,6 +145,7 @@ class Runner:
     def _save(self, shard: Shard) -> None:
         self.store.save(shard)
         self.computed.append(shard.key)
+        fault_point("finish")
         # Fault injection for the resume test: a real SIGKILL at a deterministic point of the run.
         kill_after = os.environ.get("EVALKIT_TEST_KILL_AFTER_SHARDS")
         if kill_after and len(self.computed) >= int(kill_after):
@@ -171,7 +182,9 @@ class Runner:
             hooks[hook] = self._run_hook(data, members, results, grouped_ids)
         self._run_groups(groups, hooks, results)
         ordered = [results[s.sae_id] for s in saes if s.sae_id in results]
-        return RunOutcome(ordered, list(self.skipped.values()), self.computed, self.reused, self.timings_s, hooks)
+        return RunOutcome(
+            ordered, list(self.skipped.values()), self.computed, self.reused, self.timings_s, hooks, self.passes
+        )
 
     def _prepare(self, hook: str, source: DataSource, members: Sequence[SaeLike]) -> HookData:
         """What is known about the hook's data before the pass: the norm pre-pass, or the source's word."""
@@ -205,8 +218,21 @@ class Runner:
             if pending or any(o.wants(s.sae_id) for o in self.observers):
                 states.append(SaeState(s, pending, wants_ds))
         t0 = time.perf_counter()
-        stats = stream_pass(data, states, members, self.settings, self.observers) if states else None
         data_key = stable_hash({"hook": data.hook, "data": data.fingerprint, "settings": self.settings.hashed()})
+        watched = sorted(s.sae_id for s in members for o in self.observers if o.wants(s.sae_id))
+        ckpt = PassCheckpointer(
+            self.store.root / "checkpoints" / f"{stable_hash({'data': data_key, 'observed': watched})}.ckpt",
+            self.checkpoint_every,
+            self.checkpoint_every_s,
+        )
+        stats = stream_pass(data, states, members, self.settings, self.observers, checkpointer=ckpt) if states else None
+        if stats is not None:
+            self.passes[data.hook] = {
+                "batches_read": stats.n_batches_read,
+                "resumed_at_batch": stats.resumed_at_batch,
+                "checkpoints_written": ckpt.n_saved,
+                "checkpoint_s": round(ckpt.save_s, 3),
+            }
         if stats is not None and not data.prepassed:
             data = stats.hook_data(data.hook, data.source, self.settings, prepassed=False)
         elif not data.prepassed:  # everything was cached: report what the pass that computed it measured
@@ -224,6 +250,7 @@ class Runner:
                     results[s.sae_id].shards.append(shard)
             self._run_weights(s, data, results[s.sae_id], s.sae_id in grouped_ids)
             results[s.sae_id].shards.sort(key=lambda sh: self._order(sh.key.entry))
+        ckpt.clear()  # every result of the pass is stored
         self.timings_s[f"finish:{data.hook}"] = time.perf_counter() - t0
         return data
 

@@ -9,6 +9,7 @@ once per SAE.
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -17,12 +18,16 @@ import torch
 from tqdm.auto import tqdm
 
 from evalkit.core.batch import ActivationBatch
+from evalkit.core.faults import fault_point
 from evalkit.core.records import ResultKey, SaeBatch, token_key
+from evalkit.engine.checkpoint import PassCheckpointer, PassResume, checkpointable, load_states
 from evalkit.engine.passes import HookData, PassStats, TokenFilter, check_batch
 from evalkit.engine.runconfig import EvalSettings, SaeLike
 from evalkit.engine.splice import PatchScorer, Splicer
 from metrics.base import StreamingMetric
 from metrics.downstream import EXTRA_KEYS
+
+log = logging.getLogger(__name__)
 
 SEQ_INDEX_KEY = "seq_index"
 """SaeBatch.extras key: index (within the pass) of the sequence each kept token comes from."""
@@ -65,43 +70,78 @@ def stream_pass(
     settings: EvalSettings,
     observers: Sequence[BatchObserver],
     shard: TokenShard | None = None,
+    checkpointer: PassCheckpointer | None = None,
 ) -> PassStats:
     """Feed every pending accumulator of `states` (over `shard` only, when given); returns what the pass
-    measured about the data."""
+    measured about the data.
+
+    With a `checkpointer` (whole passes only), the accumulators' and observers' states are saved as it asks, and
+    a pass whose checkpoint exists continues from it (stats.resumed_at_batch) without reading the earlier
+    batches again."""
     splicer = Splicer(data.source.model, data.hook) if any(st.wants_downstream for st in states) else None
     token_filter = TokenFilter(settings, data.norm_limit)
+    stats = PassStats()
+    accs = {f"{st.handle.content_hash}/{name}": acc for st in states for name, (_, acc) in st.pending.items()}
+    watching = [o for o in observers if any(o.wants(st.handle.sae_id) for st in states)]
+    if shard is not None or (checkpointer is not None and not checkpointable([*accs.values(), *watching])):
+        checkpointer = None
+    resume = checkpointer.load() if checkpointer is not None else None
+    if resume is not None and len(resume.observers) == len(watching) and load_states(accs, resume.accumulators):
+        for obs, obs_state in zip(watching, resume.observers, strict=True):
+            obs.load_state_dict(obs_state)  # type: ignore[attr-defined]
+        stats.load_state_dict(resume.stats)
+        stats.resumed_at_batch = resume.next_batch
+        shard = TokenShard(resume.next_batch, 1 << 62, resume.n_seq_seen, resume.remaining)
+        log.info("resuming the pass over %s from its checkpoint at batch %d", data.hook, resume.next_batch)
     source_batches = data.source.open_batches()
     if shard is not None:
         token_filter.remaining = shard.remaining
         source_batches = _shard_batches(data, shard)
-    batches = tqdm(
-        source_batches,
-        desc=f"evaluating {data.hook}",
-        unit="batch",
-        leave=False,
-        disable=None,
-    )
+    batches = tqdm(source_batches, desc=f"evaluating {data.hook}", unit="batch", leave=False, disable=None)
+    start = 0 if shard is None else shard.start
     n_seq_seen = 0 if shard is None else shard.seq_offset
-    stats = PassStats()
-    for i, batch in enumerate(batches):
+    for i, batch in enumerate(batches, start=start):
         if not data.prepassed:
             check_batch(batch, i, data.source, members)
         keep_BS = token_filter.keep(batch)
         if keep_BS is None:
             break
         stats.add(batch, keep_BS, settings.exclude_special)
-        n_seq, seq_len = keep_BS.shape
-        n_seq_seen += n_seq
-        if not keep_BS.any():
-            continue
-        acts_BSD = batch.acts_BSD.float()
-        scorer, base_extras = _clean_and_zero(splicer, batch.tokens_BS, acts_BSD, keep_BS) if splicer else (None, {})
-        # The sequence (within the pass) of each kept token: the autointerp observer rebuilds windows.
-        seq_BS = torch.arange(n_seq_seen - n_seq, n_seq_seen, device=keep_BS.device)[:, None]
-        base_extras[SEQ_INDEX_KEY] = seq_BS.expand(n_seq, seq_len)[keep_BS]
-        for st in states:
-            _update_sae(st, batch, acts_BSD, keep_BS, splicer, scorer, base_extras, observers)
+        stats.n_batches_read += 1
+        n_seq_seen += keep_BS.shape[0]
+        if keep_BS.any():
+            _update_all(states, batch, keep_BS, n_seq_seen, splicer, observers)
+        fault_point("pass")
+        if checkpointer is not None and checkpointer.due(i + 1):
+            checkpointer.save(
+                PassResume(
+                    i + 1,
+                    n_seq_seen,
+                    token_filter.remaining,
+                    stats.state_dict(),
+                    {k: acc.state_dict() for k, acc in accs.items()},
+                    [o.state_dict() for o in watching],  # type: ignore[attr-defined]
+                )
+            )
     return stats
+
+
+def _update_all(
+    states: list[SaeState],
+    batch: ActivationBatch,
+    keep_BS: torch.Tensor,
+    n_seq_seen: int,
+    splicer: Splicer | None,
+    observers: Sequence[BatchObserver],
+) -> None:
+    n_seq, seq_len = keep_BS.shape
+    acts_BSD = batch.acts_BSD.float()
+    scorer, base_extras = _clean_and_zero(splicer, batch.tokens_BS, acts_BSD, keep_BS) if splicer else (None, {})
+    # The sequence (within the pass) of each kept token: the autointerp observer rebuilds windows.
+    seq_BS = torch.arange(n_seq_seen - n_seq, n_seq_seen, device=keep_BS.device)[:, None]
+    base_extras[SEQ_INDEX_KEY] = seq_BS.expand(n_seq, seq_len)[keep_BS]
+    for st in states:
+        _update_sae(st, batch, acts_BSD, keep_BS, splicer, scorer, base_extras, observers)
 
 
 def _shard_batches(data: HookData, shard: TokenShard) -> Iterator[ActivationBatch]:

@@ -171,7 +171,15 @@ class ActivationFileSource:
         return ()
 
     def __iter__(self) -> Iterator[ActivationBatch]:
-        for start in range(0, self.n_seq, self.n_seq_batch):
+        return self.iter_from(0)
+
+    def rows_before(self, first_batch: int) -> int:
+        """Flattened token rows in the batches before `first_batch` (label alignment on resume)."""
+        return min(self.n_seq, first_batch * self.n_seq_batch) * self.seq_len
+
+    def iter_from(self, first_batch: int) -> Iterator[ActivationBatch]:
+        """The batches from `first_batch` on; earlier rows are not read (a resumed pass)."""
+        for start in range(first_batch * self.n_seq_batch, self.n_seq, self.n_seq_batch):
             stop = min(self.n_seq, start + self.n_seq_batch)
             acts = self._rows.rows(start, stop).to(device=self.device, dtype=torch.float32)
             acts = acts.reshape(stop - start, self.seq_len, self._d_in)

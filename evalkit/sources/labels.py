@@ -118,8 +118,16 @@ class LabelledSource:
         return getattr(self.source, name)
 
     def __iter__(self) -> Iterator[ActivationBatch]:
-        row = 0
-        for batch in self.source:
+        return self.iter_from(0)
+
+    def rows_before(self, first_batch: int) -> int:
+        return int(self.source.rows_before(first_batch))  # type: ignore[attr-defined]
+
+    def iter_from(self, first_batch: int) -> Iterator[ActivationBatch]:
+        """Labelled batches from `first_batch` on (a resumed pass); the wrapped source must offer the same."""
+        row = self.rows_before(first_batch) if first_batch else 0
+        batches = self.source.iter_from(first_batch) if first_batch else iter(self.source)  # type: ignore[attr-defined]
+        for batch in batches:
             n_seq, seq_len = batch.acts_BSD.shape[:2]
             block = self.labels.rows(row, row + n_seq * seq_len).reshape(n_seq, seq_len, self.labels.n_labels)
             row += n_seq * seq_len

@@ -156,6 +156,10 @@ class ModelSource:
     def __iter__(self) -> Iterator[ActivationBatch]:
         return self.iter_from(0)
 
+    def rows_before(self, first_batch: int) -> int:
+        """Flattened token rows of the token batches before `first_batch` (tokenizing only, no forward pass)."""
+        return sum(int(t.numel()) for t, _ in zip(self.token_batches(), range(first_batch), strict=False))
+
     def iter_from(self, start: int) -> Iterator[ActivationBatch]:
         """The batches from index `start` on; the skipped ones are tokenised but never run through the model."""
         row = 0
