@@ -53,6 +53,9 @@ GROUP_SETS = {
     "+norm": "core,downstream,sparsity,norm",
     "+afa": "core,downstream,sparsity,afa",
     "all five groups": "core,downstream,sparsity,alignment,norm,afa",
+    # The same without saebench_weights (SAEBench's max encoder/decoder cosine per latent, O(d_sae²·d_in) per SAE,
+    # whatever the token count): shows what the pass itself costs against the floor.
+    "c+d+s w/o saebench_weights": "reconstruction,shrinkage,sparsity_codes,saebench_core,downstream,feature_density",
 }
 
 
