@@ -178,6 +178,9 @@ class MetricSpec:
     """Inputs beyond activations: 'model', 'labels', 'tokens', 'positions', 'seed_group'."""
     version: int = 1
     """Bump when the definition changes, so cached results are recomputed."""
+    jackknife: bool = True
+    """Stream metrics: report token-level standard errors (metrics.jackknife). Off where K + 1 computes are too
+    costly (probe fits); the stderr of those values is then null."""
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -195,6 +198,7 @@ def _register(
     per_latent: Sequence[str],
     requires: Sequence[str],
     version: int,
+    jackknife: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     if group not in GROUPS:
         raise ValueError(f"unknown metric group {group!r}")
@@ -202,7 +206,9 @@ def _register(
     def deco(factory: Callable[..., Any]) -> Callable[..., Any]:
         METRICS.add(
             name,
-            MetricSpec(name, group, kind, factory, tuple(produces), tuple(per_latent), frozenset(requires), version),
+            MetricSpec(
+                name, group, kind, factory, tuple(produces), tuple(per_latent), frozenset(requires), version, jackknife
+            ),
         )
         return factory
 
@@ -217,9 +223,11 @@ def stream_metric(
     per_latent: Sequence[str] = (),
     requires: Sequence[str] = (),
     version: int = 1,
+    jackknife: bool = True,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register an accumulator class `cls(sae, ctx)` with update/compute."""
-    return _register("stream", name, group, produces, per_latent, requires, version)
+    """Register an accumulator class `cls(sae, ctx)` with update/compute (and the state protocol, which gives
+    its SAE-level values token-level standard errors unless `jackknife=False`)."""
+    return _register("stream", name, group, produces, per_latent, requires, version, jackknife)
 
 
 def weights_metric(

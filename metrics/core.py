@@ -55,7 +55,9 @@ class Reconstruction:
         self.sum_xc_D = batch_sum_D if self.sum_xc_D is None else self.sum_xc_D + batch_sum_D
         self.sum_sq_c += float(xc_TD.pow(2).sum())
         # Legacy formula: each token's error against the spread around *this batch's* mean.
-        var_T = (x_TD - x_TD.mean(0)).pow(2).sum(-1)
+        # μ_batch is the source batch's mean, also when this batch is one jackknife block of it.
+        mu_D = x_TD.mean(0) if batch.x_mean_D is None else batch.x_mean_D.to("cpu", torch.float64)
+        var_T = (x_TD - mu_D).pow(2).sum(-1)
         ok_T = var_T > 0
         self.sum_legacy += float((1.0 - err_T[ok_T] / var_T[ok_T]).sum())
         self.n_legacy += int(ok_T.sum())

@@ -223,6 +223,9 @@ def probe_accuracy(
     produces=("probe_accuracy_k1", "probe_accuracy_k5", "probe_accuracy_dense", "probe_labels_probed"),
     requires=("labels",),
     version=2,  # v2: reservoirs keyed on token-key priorities (mergeable across shards)
+    # No token-level stderr: the jackknife would refit every probe K more times. The accuracies' noise is
+    # mostly the test split's (docs/uncertainty.md); their stderr is null.
+    jackknife=False,
 )
 class SparseProbing:
     """Reservoir-samples labelled tokens while streaming; fits the probes in `compute`."""

@@ -79,7 +79,8 @@ class SaeBenchCore(SumState):
         x_TD = batch.x_TD.detach().to("cpu", torch.float64)
         xh_TD = batch.x_hat_TD.detach().to("cpu", torch.float64)
         self.n_tokens += n
-        self.sum_err_over_batch += float((x_TD - xh_TD).pow(2).sum()) / n
+        # Per *source* batch, also when this batch is one jackknife block of it.
+        self.sum_err_over_batch += float((x_TD - xh_TD).pow(2).sum()) / (batch.source_n_tokens or n)
         self.sum_norm_in += float(x_TD.norm(dim=-1).sum())
         self.sum_norm_out += float(xh_TD.norm(dim=-1).sum())
         # Over the nonzero codes (shared with the other metrics): positive codes only, as SAEBench counts.

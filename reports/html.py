@@ -20,6 +20,7 @@ from markupsafe import Markup
 
 from reports.cards import cards_section
 from reports.claims import claims_table, write_claims
+from reports.differences import compute_differences, write_differences
 from reports.load import RunTables, load_run
 from reports.matched import build_families, compute_matched, write_matched
 from reports.plots import Figure
@@ -105,10 +106,15 @@ def _version() -> str:
 
 
 def render_report(
-    tables: RunTables, matched: pd.DataFrame, match_by: str, source_labels: Sequence[str] | None = None
+    tables: RunTables,
+    matched: pd.DataFrame,
+    match_by: str,
+    source_labels: Sequence[str] | None = None,
+    differences: pd.DataFrame | None = None,
 ) -> str:
-    """The page's HTML; `source_labels` name the folders read (default: their paths as given)."""
-    data = ReportData(tables=tables, families=build_families(tables), matched=matched, match_by=match_by)
+    """The page's HTML; `source_labels` name the folders read (default: their paths as given); `differences` are
+    the pairwise family differences with intervals (reports.differences)."""
+    data = ReportData(tables, build_families(tables), matched, match_by, differences)
     sections = [builder(data) for builder in SECTION_BUILDERS] + [cards_section(tables)]
     return (
         _environment()
@@ -141,11 +147,13 @@ def write_report(
     matched = compute_matched(tables, by=by, targets=targets)
     write_matched(matched, out)
     write_claims(claims_table(tables), out)
+    differences = compute_differences(tables, matched, by)
+    write_differences(differences, out)
     path = out / "report.html"
     tmp = path.with_suffix(".html.tmp")
     # Folders named relative to the report: the page moves with its folder, and a resumed run writes the same bytes.
     labels = [os.path.relpath(d, out) for d in tables.dirs]
-    tmp.write_text(render_report(tables, matched, by, labels), encoding="utf-8")
+    tmp.write_text(render_report(tables, matched, by, labels, differences), encoding="utf-8")
     tmp.replace(path)
     log.info("report: %s", path)
     return path

@@ -53,6 +53,8 @@ class RunTables:
     """One row per SAE (index sae_id): SAE_COLUMNS plus family_label, seed_group, source_dir."""
     sae_metrics: pd.DataFrame
     """Index sae_id, one float column per SAE-level metric."""
+    sae_stderr: pd.DataFrame | None = None
+    """Index sae_id, one float column per SAE-level metric: its token-level stderr (NaN where undefined)."""
     features: pd.DataFrame | None = None
     """One row per (sae_id, latent), one column per per-latent metric."""
     autointerp: pd.DataFrame | None = None
@@ -113,6 +115,8 @@ def _read_results(run_dir: Path) -> pd.DataFrame:
         if col not in df.columns:
             df[col] = np.nan
     df["value"] = pd.to_numeric(df["value"], errors="coerce")
+    # Folders written before the stderr column existed read as "no stderr".
+    df["stderr"] = pd.to_numeric(df["stderr"], errors="coerce") if "stderr" in df.columns else np.nan
     df["latent"] = pd.to_numeric(df["latent"], errors="coerce")
     df["source_dir"] = str(run_dir)
     return df
@@ -225,6 +229,13 @@ def _sae_metrics(results: pd.DataFrame) -> pd.DataFrame:
     return sae_level.pivot_table(index="sae_id", columns="metric", values="value", aggfunc="first")
 
 
+def _sae_stderr(results: pd.DataFrame, like: pd.DataFrame) -> pd.DataFrame:
+    """The stderr of each value of `like` (the SAE-level metrics table), NaN where undefined."""
+    sae_level = results[results["latent"].isna()]
+    table = sae_level.pivot_table(index="sae_id", columns="metric", values="stderr", aggfunc="first", dropna=False)
+    return table.reindex(index=like.index, columns=like.columns)
+
+
 def load_run(*dirs: str | Path) -> RunTables:
     """Read results.csv (required), features, autointerp and run.json from each folder and merge them."""
     if not dirs:
@@ -238,6 +249,7 @@ def load_run(*dirs: str | Path) -> RunTables:
     for df, info in zip(frames, run_info, strict=True):
         df["sae_hash"] = df["sae_id"].astype(str).map(content_hashes(info))
     results = _merge_results(frames).drop(columns="sae_hash")
+    sae_metrics = _sae_metrics(results)
     missing = [f"{p}/run.json" for p, info in zip(paths, run_info, strict=True) if not info]
     features = _concat_optional(paths, "features", ("sae_id", "latent"), missing)
     autointerp = _concat_optional(paths, "autointerp", ("sae_id", "latent", "scorer", "score"), missing)
@@ -245,7 +257,8 @@ def load_run(*dirs: str | Path) -> RunTables:
         dirs=paths,
         results=results,
         saes=_sae_table(results, run_info),
-        sae_metrics=_sae_metrics(results),
+        sae_metrics=sae_metrics,
+        sae_stderr=_sae_stderr(results, sae_metrics),
         features=features,
         autointerp=autointerp,
         run_info=run_info,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ import pandas as pd
 
 from evalkit.core.errors import EvalkitInputError
 from evalkit.core.registry import Registry
+from evalkit.core.uncertainty import Estimate, interpolate
 from reports.load import RunTables
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,9 @@ MATCHED_COLUMNS = (
     "lower_sae",
     "upper_sae",
     "weight",
+    "stderr",
+    "seed_std",
+    "seed_n",
 )
 OUT_OF_RANGE = "out of range"
 DEFAULT_N_TARGETS = 5
@@ -66,6 +70,8 @@ class FamilyPoint:
 
     name: str
     metrics: dict[str, float]
+    estimates: dict[str, Estimate] = field(default_factory=dict)
+    """Each metric with its token-level error and the group's seed spread (evalkit.core.uncertainty)."""
 
 
 @dataclass(frozen=True)
@@ -84,20 +90,45 @@ class Bracket:
     weight: float
 
 
-def _group_point(members: pd.DataFrame) -> FamilyPoint:
-    """Mean over the seed group's members of every metric at least one member has."""
+def _group_point(members: pd.DataFrame, stderr: pd.DataFrame, token_df: float) -> FamilyPoint:
+    """Mean over the seed group's members of every metric at least one member has, with its uncertainty."""
     means = members.mean(axis=0, skipna=True).dropna()
+    estimates = {}
+    for metric in means.index:
+        values = members[metric].dropna()
+        ses = stderr[metric].reindex(values.index) if metric in stderr.columns else pd.Series(dtype=float)
+        estimates[str(metric)] = Estimate.of_group(
+            values.tolist(), [None if pd.isna(v) else float(v) for v in ses], token_df
+        )
     return FamilyPoint(
-        name="+".join(sorted(members.index.astype(str))), metrics={k: float(v) for k, v in means.items()}
+        name="+".join(sorted(members.index.astype(str))),
+        metrics={k: float(v) for k, v in means.items()},
+        estimates=estimates,
     )
+
+
+def _token_df(tables: RunTables) -> float:
+    """Degrees of freedom of the jackknife errors: blocks − 1 (run.json's stderr_blocks; the smallest over runs)."""
+    blocks = []
+    for info in tables.run_info:
+        config = info.get("config")
+        k = config.get("stderr_blocks") if isinstance(config, dict) else None
+        if isinstance(k, int) and k >= 2:
+            blocks.append(k)
+    return float(min(blocks) - 1) if blocks else math.inf
 
 
 def build_families(tables: RunTables) -> list[Family]:
     """Families (one per family_label) of seed-group points, from the SAE-level metrics."""
     saes, metrics = tables.saes, tables.sae_metrics
+    stderr = tables.sae_stderr if tables.sae_stderr is not None else pd.DataFrame(index=metrics.index)
+    token_df = _token_df(tables)
     families = []
     for label, fam_saes in saes.groupby("family_label", sort=True):
-        points = [_group_point(metrics.reindex(group.index)) for _, group in fam_saes.groupby("seed_group", sort=True)]
+        points = [
+            _group_point(metrics.reindex(group.index), stderr.reindex(group.index), token_df)
+            for _, group in fam_saes.groupby("seed_group", sort=True)
+        ]
         arch = fam_saes["architecture"].dropna().astype(str)
         families.append(Family(str(label), arch.iloc[0] if len(arch) else "", tuple(points)))
     return families
@@ -136,6 +167,18 @@ def _interpolate(bracket: Bracket, metric: str) -> float:
     return (1.0 - bracket.weight) * lo + bracket.weight * hi
 
 
+def bracket_estimate(bracket: Bracket, metric: str) -> Estimate:
+    """The interpolated value with its uncertainty: both brackets' errors, weighted (evalkit.core.uncertainty)."""
+    nan = Estimate(math.nan)
+    lo, hi = bracket.lower.estimates.get(metric, nan), bracket.upper.estimates.get(metric, nan)
+    return interpolate(lo, hi, bracket.weight)
+
+
+def family_brackets(families: Sequence[Family], axis: MatchAxis, target: float) -> dict[str, Bracket | None]:
+    """Each family's bracket around `target` (None: out of range)."""
+    return {f.label: find_bracket(_usable_points(f, axis), axis.coord(target)) for f in families}
+
+
 def _family_metrics(family: Family, axis: MatchAxis) -> list[str]:
     names = {m for p in family.points for m in p.metrics}
     return sorted(names - {axis.metric})
@@ -166,9 +209,13 @@ def matched_table(families: Sequence[Family], axis: MatchAxis, targets: Sequence
                             "lower_sae": OUT_OF_RANGE,
                             "upper_sae": OUT_OF_RANGE,
                             "weight": math.nan,
+                            "stderr": math.nan,
+                            "seed_std": math.nan,
+                            "seed_n": math.nan,
                         }
                     )
                 else:
+                    est = bracket_estimate(bracket, metric)
                     rows.append(
                         base
                         | {
@@ -176,6 +223,9 @@ def matched_table(families: Sequence[Family], axis: MatchAxis, targets: Sequence
                             "lower_sae": bracket.lower.name,
                             "upper_sae": bracket.upper.name,
                             "weight": bracket.weight,
+                            "stderr": math.nan if est.token_se is None else est.token_se,
+                            "seed_std": math.nan if est.seed_std is None else est.seed_std,
+                            "seed_n": est.seed_n,
                         }
                     )
     return pd.DataFrame(rows, columns=list(MATCHED_COLUMNS))

@@ -12,7 +12,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from reports.matched import Family
+from evalkit.core.uncertainty import interval
+from reports.matched import Family, FamilyPoint
 
 Trace = dict[str, object]
 Figure = dict[str, object]
@@ -48,15 +49,18 @@ def pareto_figure(families: Sequence[Family], x_metric: str, y_metric: str, log_
     traces: list[Trace] = []
     for family in families:
         pts = [
-            (p.metrics[x_metric], p.metrics[y_metric], p.name)
+            (p.metrics[x_metric], p.metrics[y_metric], p.name, _half_width(p, y_metric))
             for p in family.points
             if x_metric in p.metrics and y_metric in p.metrics and (p.metrics[x_metric] > 0 or not log_x)
         ]
         if not pts:
             continue
         pts.sort(key=lambda t: t[0])
+        # 95% error bars (token and seed noise, evalkit.core.uncertainty) where the point has an uncertainty.
+        bars = {"error_y": {"type": "data", "array": _floats([p[3] for p in pts]), "visible": True}}
         traces.append(
-            {
+            ({} if all(math.isnan(p[3]) for p in pts) else bars)
+            | {
                 "type": "scatter",
                 "mode": "lines+markers",
                 "name": esc(family.label),
@@ -69,6 +73,15 @@ def pareto_figure(families: Sequence[Family], x_metric: str, y_metric: str, log_
     if not traces:
         return None
     return {"data": traces, "layout": _layout(f"{y_metric} vs {x_metric}", x_metric, y_metric, log_x=log_x)}
+
+
+def _half_width(point: FamilyPoint, metric: str) -> float:
+    """Half the 95% interval of a point's metric; NaN when it has no uncertainty estimate."""
+    est = point.estimates.get(metric)
+    if est is None or (est.token_se is None and est.seed_se is None):
+        return math.nan
+    low, high = interval(est)
+    return (high - low) / 2
 
 
 def binned_bar(values: np.ndarray, edges: np.ndarray, name: str) -> Trace:

@@ -46,6 +46,8 @@ class ReportData:
     families: list[Family]
     matched: pd.DataFrame
     match_by: str
+    differences: pd.DataFrame | None = None
+    """Pairwise family differences at each target with 95% intervals (reports.differences)."""
 
 
 def _metric(data: ReportData, sae_id: str, metric: str) -> float:
@@ -139,7 +141,41 @@ def matched_section(data: ReportData) -> Section:
             rows.append([family, *cells, brackets["lower_sae"], brackets["upper_sae"], brackets["weight"]])
         caption = f"{data.match_by} = {target:.4g}"
         section.tables.append(table_view(["family", *shown, "lower", "upper", "weight"], rows, caption))
+        _add_difference_table(section, data, target)
     return section
+
+
+DIFFERENCE_METRICS = ("ce_loss_score", "kl_div_score", "l0", "fvu", "probe_accuracy_k1", "norm_detectors")
+"""Metrics whose pairwise differences the report shows (all are in matched_differences.csv)."""
+
+
+def _difference_cell(row: pd.Series) -> str:
+    if not row["verdict"]:
+        return f"{row['difference']:+.4g} (no noise estimate)"
+    return f"{row['difference']:+.4g} [{row['ci_low']:+.4g}, {row['ci_high']:+.4g}] {row['verdict']}"
+
+
+def _add_difference_table(section: Section, data: ReportData, target: float) -> None:
+    """Family a − family b at one target, 95% interval, "within noise" when it contains 0 (docs/uncertainty.md)."""
+    d = data.differences
+    if d is None or d.empty:
+        return
+    here = d[(d["target"] == target) & d["metric"].isin(DIFFERENCE_METRICS)]
+    metrics = [m for m in DIFFERENCE_METRICS if m in set(here["metric"])]
+    if not metrics:
+        return
+    rows = []
+    for (fam_a, fam_b), pair in here.groupby(["family_a", "family_b"], sort=True):
+        by_metric = pair.set_index("metric")
+        cells = [_difference_cell(by_metric.loc[m]) if m in by_metric.index else "" for m in metrics]
+        seeds = "yes" if (pair["seed_spread"] == "included").all() else "no"
+        rows.append([fam_a, fam_b, *cells, seeds])
+    caption = (
+        f"Differences a − b at {data.match_by} = {target:.4g}, 95% interval (token and seed noise); "
+        "'within noise' = the interval contains 0. Full table: matched_differences.csv."
+    )
+    headers = ["family a", "family b", *metrics, "seed spread in interval"]
+    section.tables.append(table_view(headers, rows, caption, sortable=True))
 
 
 def density_section(data: ReportData) -> Section:

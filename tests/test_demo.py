@@ -32,7 +32,7 @@ from evalkit.world.model import load_world_model
 
 RESULTS_COLUMNS = [
     "sae_id", "sae_path", "architecture", "family", "hook", "d_in", "d_sae", "seed",
-    "metric", "value", "latent", "n_tokens", "config_hash", "evalkit_version",
+    "metric", "value", "latent", "n_tokens", "config_hash", "evalkit_version", "stderr",
 ]  # fmt: skip
 RUN_OUTPUTS = ("results.csv", "summary.csv", "matched.csv", "autointerp.csv", "run.json", "report.html")
 # One metric of each group that the world's source (model, tokens, labels) and the zoo's seed groups allow.

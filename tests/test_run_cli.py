@@ -41,6 +41,7 @@ COLUMNS = [
     "n_tokens",
     "config_hash",
     "evalkit_version",
+    "stderr",
 ]
 METRICS = "core,sparsity,downstream"
 ENTRIES_PER_SAE = 6  # reconstruction, shrinkage, sparsity_codes, saebench_core, saebench_weights, feature_density

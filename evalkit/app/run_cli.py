@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evalkit.app.executors import add_executor_args, check_executor, execution_info, make_runner
-from evalkit.core.defaults import DEFAULT_BATCH_TOKENS, DTYPE_NAMES
+from evalkit.core.defaults import DEFAULT_BATCH_TOKENS, DEFAULT_STDERR_BLOCKS, DTYPE_NAMES
 from evalkit.core.errors import EvalkitInputError
 
 # Everything heavy (torch, sae-lens, the engine, the metrics) is imported inside the functions that run, so
@@ -85,6 +85,14 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
         help="compute dtype of the model and the SAEs (default float32; metrics accumulate in float64)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed for sampling done by metrics (default 0)")
+    p.add_argument(
+        "--stderr-blocks",
+        type=int,
+        default=DEFAULT_STDERR_BLOCKS,
+        metavar="K",
+        help="jackknife blocks of whole sequences for token-level standard errors "
+        f"(default {DEFAULT_STDERR_BLOCKS}; 0 = no standard errors)",
+    )
     p.add_argument(
         "--exclude-special",
         dest="exclude_special",
@@ -170,6 +178,8 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise EvalkitInputError(f"--{name.replace('_', '-')}", f"must be positive, got {value}")
+    if args.stderr_blocks < 0 or args.stderr_blocks == 1:
+        raise EvalkitInputError("--stderr-blocks", f"must be 0 (off) or at least 2, got {args.stderr_blocks}")
     if args.max_norm_multiple is not None and args.max_norm_multiple <= 0:
         raise EvalkitInputError("--max-norm-multiple", f"must be positive, got {args.max_norm_multiple}")
     if getattr(args, "checkpoint_every", None) is not None and args.checkpoint_every <= 0:
@@ -182,6 +192,7 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
         max_norm_multiple=args.max_norm_multiple,
         dtype=args.dtype,
         seed=args.seed,
+        stderr_blocks=args.stderr_blocks,
         device=args.device,
         force=args.force,
     )

@@ -17,6 +17,8 @@ class MetricValue:
     metric: str
     value: float
     latent: int | None = None
+    stderr: float | None = None
+    """Token-level standard error (metrics.jackknife); None where undefined, e.g. metrics of the weights alone."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,11 @@ class SaeBatch:
     token_keys_T: torch.Tensor | None = None
     """A stable int64 identity per kept token across the whole evaluation of a hook: `token_key(sequence index in
     the hook's data, position)`. The same whichever worker or shard reads the token; None in hand-built batches."""
+    x_mean_D: torch.Tensor | None = None
+    """Mean of x (float64, CPU) over the kept tokens of the whole batch the source yielded, when this batch is a
+    slice of it (a jackknife block); None = this is the whole batch."""
+    source_n_tokens: int | None = None
+    """Kept tokens of that whole source batch (per-batch normalisations, e.g. SAEBench's mse); None = len(x_TD)."""
     _norms_T: torch.Tensor | None = None
     _codes: SparseCodes | None = None
 

@@ -38,6 +38,7 @@ from evalkit.engine.units import (
     run_unit,
 )
 from metrics.base import METRICS, MetricSpec, State, restore
+from metrics.jackknife import stream_factory
 
 log = logging.getLogger(__name__)
 
@@ -209,9 +210,10 @@ class DistributedRunner(Runner):
             for entry in pending[s.sae_id]:
                 parts = [states[u.unit_id][(s.sae_id, entry)] for u in units if s.sae_id in u.sae_ids]
                 spec = self._spec(entry)
-                acc = restore(spec.factory, s.sae, data.ctx, parts[0])
+                factory = stream_factory(spec, self.settings.stderr_blocks)  # as the units built them
+                acc = restore(factory, s.sae, data.ctx, parts[0])
                 for part in parts[1:]:
-                    acc.merge(restore(spec.factory, s.sae, data.ctx, part))
+                    acc.merge(restore(factory, s.sae, data.ctx, part))
                 shard = stream_shard(spec, keys[(s.sae_id, entry)], acc, data.ctx)
                 self._save(shard)
                 results[s.sae_id].shards.append(shard)

@@ -13,8 +13,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import re
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -46,6 +48,7 @@ RESULTS_COLUMNS = (
     "n_tokens",
     "config_hash",
     "evalkit_version",
+    "stderr",
 )
 SAE_COLUMNS = RESULTS_COLUMNS[:8]
 FEATURES_CSV_MAX_ROWS = 200_000
@@ -60,6 +63,8 @@ PARQUET_TYPES = {
     "stderr": pa.float64(),
 }
 """results.parquet column types; every other column is a string."""
+SEED_STATS = ("seed_mean", "seed_std", "seed_n")
+"""summary.csv's seed-group columns, `<metric>_<stat>` per metric (every member of a group shows its group's)."""
 LABEL_INDEX_COLUMNS = {"concept_best_index": "concept_best"}
 """Per-latent metrics holding an index into the run's label names -> the features.csv column of names."""
 
@@ -101,7 +106,9 @@ def results_rows(outputs: Sequence[SaeOutput]) -> list[list[float | int | str | 
         cells = _sae_cells(o)
         for shard in o.shards:
             for v in shard.values:
-                rows.append([*cells, v.metric, float(v.value), v.latent, shard.n_tokens, shard.key.config_hash, ver])
+                rows.append(
+                    [*cells, v.metric, float(v.value), v.latent, shard.n_tokens, shard.key.config_hash, ver, v.stderr]
+                )
     return rows
 
 
@@ -109,12 +116,39 @@ def _sae_level(o: SaeOutput) -> dict[str, float]:
     return {v.metric: float(v.value) for sh in o.shards for v in sh.values if v.latent is None}
 
 
-def summary_text(outputs: Sequence[SaeOutput]) -> str:
+def _sae_stderr(o: SaeOutput) -> dict[str, float]:
+    return {v.metric: v.stderr for sh in o.shards for v in sh.values if v.latent is None and v.stderr is not None}
+
+
+def _seed_stats(values: list[float]) -> tuple[float | None, float | None, int]:
+    """(mean, std with ddof 1, n) of a seed group's finite values."""
+    finite = [v for v in values if math.isfinite(v)]
+    n = len(finite)
+    if n == 0:
+        return None, None, 0
+    return statistics.fmean(finite), statistics.stdev(finite) if n >= 2 else None, n
+
+
+def summary_text(outputs: Sequence[SaeOutput], seed_groups: Sequence[Sequence[str]] = ()) -> str:
+    """One row per SAE: its SAE-level metrics, then `<metric>_stderr` (token-level), then for SAEs in a seed group
+    `<metric>_seed_mean/_seed_std/_seed_n` over the group (empty for SAEs in none)."""
     metric_names: dict[str, None] = {}
     for o in outputs:
         metric_names.update(dict.fromkeys(_sae_level(o)))
-    rows = [[*_sae_cells(o), *(_sae_level(o).get(m) for m in metric_names)] for o in outputs]
-    return _csv_text([*SAE_COLUMNS, *metric_names], rows)
+    with_se = [m for m in metric_names if any(m in _sae_stderr(o) for o in outputs)]
+    by_id = {o.handle.sae_id: o for o in outputs}
+    group_of = {sid: [by_id[m] for m in g if m in by_id] for g in seed_groups for sid in g}
+    seed_cols = [f"{m}_{stat}" for m in metric_names for stat in SEED_STATS] if group_of else []
+    rows = []
+    for o in outputs:
+        level, se = _sae_level(o), _sae_stderr(o)
+        row: list[float | int | str | None] = [*_sae_cells(o), *(level.get(m) for m in metric_names)]
+        row += [se.get(m) for m in with_se]
+        members = group_of.get(o.handle.sae_id)
+        for m in metric_names if seed_cols else ():
+            row += _seed_stats([_sae_level(x)[m] for x in members if m in _sae_level(x)]) if members else [None] * 3
+        rows.append(row)
+    return _csv_text([*SAE_COLUMNS, *metric_names, *(f"{m}_stderr" for m in with_se), *seed_cols], rows)
 
 
 def _label_name(index: float, names: Sequence[str]) -> str | None:
@@ -283,7 +317,9 @@ def write_outputs(
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_results(out_dir, outputs)
     fault_point("report")
-    atomic_write_text(out_dir / "summary.csv", summary_text(outputs))
+    groups = run_info.get("seed_groups")
+    seed_groups = [[str(m) for m in g] for g in groups if isinstance(g, list)] if isinstance(groups, list) else []
+    atomic_write_text(out_dir / "summary.csv", summary_text(outputs, seed_groups))
     fault_point("report")
     _write_features(out_dir, outputs)
     fault_point("report")

@@ -26,6 +26,8 @@ class EvalSettings:
     max_norm_multiple: float | None = None
     dtype: str = "float32"
     seed: int = 0
+    stderr_blocks: int = 32
+    """Jackknife blocks of whole sequences for token-level standard errors (metrics.jackknife); 0 = none."""
     device: str = "cpu"
     force: bool = False
 

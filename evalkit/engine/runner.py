@@ -28,6 +28,7 @@ from evalkit.engine.runconfig import DataSource, EvalSettings, SaeLike, seed_gro
 from evalkit.engine.store import ResultStore
 from evalkit.engine.stream_pass import SEQ_INDEX_KEY, BatchObserver, SaeState, stream_pass
 from metrics.base import MetricSpec, StreamingMetric
+from metrics.jackknife import stream_factory
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +214,7 @@ class Runner:
                 if cached is not None:
                     results[s.sae_id].shards.append(cached)
                 else:
-                    pending[spec.name] = (key, spec.factory(s.sae, data.ctx))
+                    pending[spec.name] = (key, self._accumulator(spec, s.sae, data.ctx))
             wants_ds = any("model" in self._spec(n).requires for n in pending)
             if pending or any(o.wants(s.sae_id) for o in self.observers):
                 states.append(SaeState(s, pending, wants_ds))
@@ -253,6 +254,10 @@ class Runner:
         ckpt.clear()  # every result of the pass is stored
         self.timings_s[f"finish:{data.hook}"] = time.perf_counter() - t0
         return data
+
+    def _accumulator(self, spec: MetricSpec, sae: object, ctx: EvalContext) -> StreamingMetric:
+        """The metric's accumulator, in a block jackknife (token-level stderr) unless that is off for it."""
+        return stream_factory(spec, self.settings.stderr_blocks)(sae, ctx)
 
     def _spec(self, name: str) -> MetricSpec:
         return next(sp for sp in self.specs if sp.name == name)

@@ -17,6 +17,17 @@ from evalkit.core.records import MetricValue, ResultKey, SampleTable, Shard
 CACHE_DIRNAME = ".evalkit-cache"
 
 
+def _value(row: list[JsonValue]) -> MetricValue:
+    metric, value, latent = row[0], row[1], row[2]
+    stderr = row[3] if len(row) > 3 else None
+    return MetricValue(
+        str(metric),
+        float(value),  # type: ignore[arg-type]
+        None if latent is None else int(latent),  # type: ignore[arg-type]
+        None if stderr is None else float(stderr),  # type: ignore[arg-type]
+    )
+
+
 class ResultStore:
     """Shards under `<out>/.evalkit-cache/<sae_hash>/<entry>-<config_hash>.json`."""
 
@@ -43,7 +54,7 @@ class ResultStore:
 
     @staticmethod
     def _shard(key: ResultKey, data: dict[str, JsonValue]) -> Shard:
-        values = tuple(MetricValue(str(m), float(v), None if lat is None else int(lat)) for m, v, lat in data["values"])
+        values = tuple(_value(row) for row in data["values"])  # type: ignore[union-attr]
         raw_samples = data.get("samples")
         samples = (
             None
@@ -64,7 +75,8 @@ class ResultStore:
             "config_hash": k.config_hash,
             "n_tokens": shard.n_tokens,
             "computed_at_ms": shard.computed_at_ms,
-            "values": [[v.metric, v.value, v.latent] for v in shard.values],
+            # [metric, value, latent] plus the stderr where one is defined (older shards have none).
+            "values": [[v.metric, v.value, v.latent] + ([] if v.stderr is None else [v.stderr]) for v in shard.values],
         }
         # Optional parts are written only when present, so older shard files stay valid and unchanged.
         if shard.label_names:

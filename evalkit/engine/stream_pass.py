@@ -26,6 +26,7 @@ from evalkit.engine.runconfig import EvalSettings, SaeLike
 from evalkit.engine.splice import PatchScorer, Splicer
 from metrics.base import StreamingMetric
 from metrics.downstream import EXTRA_KEYS
+from metrics.jackknife import BLOCK_KEY, block_index, seqs_per_block
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def stream_pass(
         stats.n_batches_read += 1
         n_seq_seen += keep_BS.shape[0]
         if keep_BS.any():
-            _update_all(states, batch, keep_BS, n_seq_seen, splicer, observers)
+            _update_all(states, batch, keep_BS, n_seq_seen, splicer, observers, settings)
         fault_point("pass")
         if checkpointer is not None and checkpointer.due(i + 1):
             checkpointer.save(
@@ -133,6 +134,7 @@ def _update_all(
     n_seq_seen: int,
     splicer: Splicer | None,
     observers: Sequence[BatchObserver],
+    settings: EvalSettings,
 ) -> None:
     n_seq, seq_len = keep_BS.shape
     acts_BSD = batch.acts_BSD.float()
@@ -140,6 +142,11 @@ def _update_all(
     # The sequence (within the pass) of each kept token: the autointerp observer rebuilds windows.
     seq_BS = torch.arange(n_seq_seen - n_seq, n_seq_seen, device=keep_BS.device)[:, None]
     base_extras[SEQ_INDEX_KEY] = seq_BS.expand(n_seq, seq_len)[keep_BS]
+    if settings.stderr_blocks >= 2:
+        # Runs of whole sequences sized from the settings (sources fill batches with batch_size // seq_len
+        # sequences), so every token shard of a split run cuts its sequences the same way.
+        run_len = seqs_per_block(max(1, settings.batch_size // seq_len), settings.stderr_blocks)
+        base_extras[BLOCK_KEY] = block_index(base_extras[SEQ_INDEX_KEY], run_len, settings.stderr_blocks)
     for st in states:
         _update_sae(st, batch, acts_BSD, keep_BS, splicer, scorer, base_extras, observers)
 
@@ -178,7 +185,7 @@ def _update_sae(
     x_TD = acts_BSD[keep_BS]
     f_TF = sae.encode(x_TD.to(sae.device))
     x_hat_TD = sae.decode(f_TF).float().to(x_TD.device)
-    extras: dict[str, torch.Tensor] = {SEQ_INDEX_KEY: base_extras[SEQ_INDEX_KEY]}
+    extras: dict[str, torch.Tensor] = {k: base_extras[k] for k in (SEQ_INDEX_KEY, BLOCK_KEY) if k in base_extras}
     if st.wants_downstream and splicer is not None and scorer is not None:
         # Splice x̂ at evaluation tokens only; excluded tokens (BOS, outliers) keep their activations, as
         # sae-lens does.

@@ -22,6 +22,7 @@ from evalkit.engine.passes import HookData, PassStats, TokenFilter, check_batch
 from evalkit.engine.runconfig import DataSource, EvalSettings, SaeLike
 from evalkit.engine.stream_pass import SaeState, TokenShard, stream_pass
 from metrics.base import METRICS, State, StreamingMetric, pack_state, unpack_state
+from metrics.jackknife import stream_factory
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,8 @@ def run_unit(
     states = []
     for sid, entries in zip(unit.sae_ids, unit.entries, strict=True):
         pending: dict[str, tuple[object, StreamingMetric]] = {
-            name: (None, METRICS.get(name).factory(saes[sid].sae, data.ctx)) for name in entries
+            name: (None, stream_factory(METRICS.get(name), settings.stderr_blocks)(saes[sid].sae, data.ctx))
+            for name in entries
         }
         wants_ds = any("model" in METRICS.get(n).requires for n in entries)
         states.append(SaeState(saes[sid], pending, wants_ds))  # type: ignore[arg-type]
