@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from evalkit.core.defaults import DEFAULT_STDERR_BLOCKS
-from evalkit.core.records import EvalContext, MetricValue, SaeBatch
+from evalkit.core.records import EvalContext, MetricValue, SaeBatch, SparseCodes
 from evalkit.core.uncertainty import jackknife_stderr
 from metrics.base import MetricSpec, StreamingMetric
 
@@ -75,11 +75,22 @@ def slice_batch(batch: SaeBatch, start: int, stop: int) -> SaeBatch:
         k: v[start:stop] if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == n else v
         for k, v in batch.extras.items()
     }
+    changes["_codes"] = _slice_codes(batch.codes, start, stop)
     if batch.x_mean_D is None:
         changes["x_mean_D"] = batch.x_TD.detach().to("cpu", torch.float64).mean(0)
     if batch.source_n_tokens is None:
         changes["source_n_tokens"] = n
     return replace(batch, **changes)
+
+
+def _slice_codes(codes: SparseCodes, start: int, stop: int) -> SparseCodes:
+    """The nonzero codes of tokens [start, stop): a contiguous range, as the codes are in token-major order."""
+    lo, hi = (
+        int(i) for i in torch.searchsorted(codes.token_N, torch.tensor([start, stop], device=codes.token_N.device))
+    )
+    return SparseCodes(
+        codes.token_N[lo:hi] - start, codes.latent_N[lo:hi], codes.value_N[lo:hi], stop - start, codes.d_sae
+    )
 
 
 class BlockJackknife:
