@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import hashlib
-import json
 import logging
 import math
 import os
@@ -26,6 +24,7 @@ import openai
 from autointerp.config import AutointerpConfig
 from autointerp.prompts import Message
 from evalkit.core.faults import fault_point
+from evalkit.core.identity import stable_hash
 from evalkit.core.io import dump_checked, load_checked
 
 log = logging.getLogger(__name__)
@@ -93,7 +92,7 @@ class _Retryable(Exception):
 
 def request_hash(base_url: str, model: str, messages: list[Message], params: dict[str, float | int]) -> str:
     payload = {"base_url": base_url.rstrip("/"), "model": model, "messages": messages, "params": params}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    return stable_hash(payload, 64, compact=False)
 
 
 def _retry_after_seconds(headers: object) -> float | None:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 
 from evalkit.core.errors import EvalkitInputError
+from evalkit.core.identity import stable_hash
 
 # USD per million (input, output) tokens; an estimate for the cost cap, not a bill. Override via
 # AutointerpConfig.prices.
@@ -136,4 +135,4 @@ class AutointerpConfig:
 
     def fingerprint(self) -> str:
         """A short hash of every setting, for the results store's cache key."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return stable_hash(asdict(self), 16, compact=False)

@@ -8,7 +8,6 @@ Two judges share one interface, so every scorer runs unchanged offline or agains
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from autointerp import prompts
 from autointerp.client import LLMClient, LLMRequestError
 from autointerp.config import AutointerpConfig
 from evalkit.core.errors import EvalkitInputError
+from evalkit.core.identity import stable_hash
 from evalkit.core.registry import Registry
 
 
@@ -90,7 +90,7 @@ def named_tokens(explanation: str) -> frozenset[str]:
 
 
 def content_hash(*parts: object) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+    return stable_hash(parts, 64, compact=False)
 
 
 class BaselineJudge:

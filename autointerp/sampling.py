@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from autointerp.config import AutointerpConfig
-from evalkit.core.batch import ActivationBatch
 from evalkit.core.errors import EvalkitInputError
 from evalkit.core.records import token_key
 from metrics.base import State, StateValue, token_priority
@@ -295,12 +294,6 @@ class ExampleCollector:
         self._hist_FH = torch.zeros(n, len(_HIST_EDGES) + 1, dtype=torch.long)
         self.n_seq = 0
         self.n_tokens = 0
-
-    def update_from_batch(self, batch: ActivationBatch, codes_BSF: torch.Tensor) -> None:
-        """Convenience for the runner: the same as update() with the batch's tokens and special mask."""
-        if batch.tokens_BS is None:
-            raise EvalkitInputError("autointerp", "the activation source has no token ids; windows need tokens")
-        self.update(batch.tokens_BS, codes_BSF, batch.special_BS)
 
     @torch.no_grad()
     def update(

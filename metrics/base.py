@@ -23,7 +23,6 @@ exactly) and writes them to `DIR/<metric group>/<file_stem(sae_id)>.csv`, one fi
 from __future__ import annotations
 
 import importlib
-import logging
 import pkgutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,8 +34,6 @@ import torch
 from evalkit.core.errors import EvalkitInputError
 from evalkit.core.records import EvalContext, MetricValue, SaeBatch
 from evalkit.core.registry import Registry
-
-log = logging.getLogger(__name__)
 
 MetricKind = Literal["stream", "weights", "group"]
 GROUPS = ("core", "downstream", "sparsity", "alignment", "norm", "afa", "stability", "concepts", "probing")
@@ -175,19 +172,45 @@ class MetricSpec:
     per_latent: tuple[str, ...] = ()
     """Per-latent metric names this entry emits."""
     requires: frozenset[str] = frozenset()
-    """Inputs beyond activations: 'model', 'labels', 'tokens', 'positions', 'seed_group'."""
+    """Inputs beyond activations (REQUIREMENTS): 'model', 'labels', 'tokens', 'positions', 'seed_group', and
+    'norm_stats' for a metric that reads the EvalContext's norm statistics (the runner's pre-pass computes them)."""
     version: int = 1
     """Bump when the definition changes, so cached results are recomputed."""
     jackknife: bool = True
     """Stream metrics: report token-level standard errors (metrics.jackknife). Off where K + 1 computes are too
     costly (probe fits); the stderr of those values is then null."""
+    optional: tuple[str, ...] = ()
+    """SAE-level names in `produces` that may be absent where they are undefined (e.g. a bimodality coefficient of
+    constant values); every other name in `produces` is always emitted."""
 
     @property
     def names(self) -> tuple[str, ...]:
         return self.produces + self.per_latent
 
 
+REQUIREMENTS = frozenset({"model", "labels", "tokens", "positions", "seed_group", "norm_stats"})
+
 METRICS: Registry[MetricSpec] = Registry("metric")
+
+
+class MetricContractError(RuntimeError):
+    """A metric emitted values its registration does not declare (a bug in the metric, not bad input)."""
+
+
+def check_emitted(spec: MetricSpec, values: Sequence[MetricValue], d_sae: int) -> None:
+    """Raise unless `values` are exactly what `spec` declares: every SAE-level name in `produces` (bar `optional`)
+    once, per-latent names only with a latent index in [0, d_sae), at most once per latent, and nothing else."""
+    level = [v.metric for v in values if v.latent is None]
+    problems = [f"undeclared SAE-level value {n!r}" for n in sorted(set(level) - set(spec.produces))]
+    problems += [f"SAE-level {n!r} emitted {level.count(n)} times" for n in sorted(set(level)) if level.count(n) > 1]
+    problems += [f"missing {n!r}" for n in spec.produces if n not in level and n not in spec.optional]
+    latent = [(v.metric, v.latent) for v in values if v.latent is not None]
+    problems += [f"undeclared per-latent value {n!r}" for n in sorted({n for n, _ in latent} - set(spec.per_latent))]
+    problems += [f"{n!r} for latent {i} outside [0, {d_sae})" for n, i in latent if not 0 <= int(i) < d_sae]
+    if len(set(latent)) != len(latent):
+        problems.append("a per-latent value emitted twice for one latent")
+    if problems:
+        raise MetricContractError(f"metric {spec.name}: " + "; ".join(problems[:5]))
 
 
 def _register(
@@ -198,18 +221,30 @@ def _register(
     per_latent: Sequence[str],
     requires: Sequence[str],
     version: int,
+    optional: Sequence[str] = (),
     jackknife: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     if group not in GROUPS:
         raise ValueError(f"unknown metric group {group!r}")
+    if unknown := set(requires) - REQUIREMENTS:
+        raise ValueError(f"metric {name!r}: unknown requirements {sorted(unknown)}")
+    if stray := set(optional) - set(produces):
+        raise ValueError(f"metric {name!r}: optional names {sorted(stray)} are not in produces")
 
     def deco(factory: Callable[..., Any]) -> Callable[..., Any]:
-        METRICS.add(
+        spec = MetricSpec(
             name,
-            MetricSpec(
-                name, group, kind, factory, tuple(produces), tuple(per_latent), frozenset(requires), version, jackknife
-            ),
+            group,
+            kind,
+            factory,
+            tuple(produces),
+            tuple(per_latent),
+            frozenset(requires),
+            version,
+            jackknife=jackknife,
+            optional=tuple(optional),
         )
+        METRICS.add(name, spec)
         return factory
 
     return deco
@@ -223,11 +258,12 @@ def stream_metric(
     per_latent: Sequence[str] = (),
     requires: Sequence[str] = (),
     version: int = 1,
+    optional: Sequence[str] = (),
     jackknife: bool = True,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register an accumulator class `cls(sae, ctx)` with update/compute (and the state protocol, which gives
     its SAE-level values token-level standard errors unless `jackknife=False`)."""
-    return _register("stream", name, group, produces, per_latent, requires, version, jackknife)
+    return _register("stream", name, group, produces, per_latent, requires, version, optional, jackknife)
 
 
 def weights_metric(
@@ -238,9 +274,10 @@ def weights_metric(
     per_latent: Sequence[str] = (),
     requires: Sequence[str] = (),
     version: int = 1,
+    optional: Sequence[str] = (),
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a function `fn(sae, ctx) -> list[MetricValue]` of the weights alone."""
-    return _register("weights", name, group, produces, per_latent, requires, version)
+    return _register("weights", name, group, produces, per_latent, requires, version, optional)
 
 
 def group_metric(
@@ -251,21 +288,23 @@ def group_metric(
     per_latent: Sequence[str] = (),
     requires: Sequence[str] = ("seed_group",),
     version: int = 1,
+    optional: Sequence[str] = (),
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a function `fn(saes: dict[str, SAE], ctx) -> dict[str, list[MetricValue]]` over a seed group."""
-    return _register("group", name, group, produces, per_latent, requires, version)
+    return _register("group", name, group, produces, per_latent, requires, version, optional)
 
 
-def load_metric_modules() -> list[str]:
-    """Import every module of the `metrics` package so its registrations run; returns the ones that failed."""
-    failed = []
+class MetricImportError(RuntimeError):
+    """A module of the metrics package failed to import: the run stops rather than silently dropping its metrics."""
+
+
+def load_metric_modules() -> None:
+    """Import every module of the `metrics` package so its registrations run (idempotent)."""
     for info in pkgutil.iter_modules(_metrics_package_path()):
         try:
             importlib.import_module(f"metrics.{info.name}")
-        except Exception as exc:  # a half-written metric module must not take the runner down; it is reported
-            log.warning("metric module metrics.%s failed to import: %s", info.name, exc)
-            failed.append(info.name)
-    return failed
+        except Exception as exc:
+            raise MetricImportError(f"metric module metrics.{info.name} failed to import: {exc!r}") from exc
 
 
 def _metrics_package_path() -> list[str]:
@@ -276,6 +315,7 @@ def _metrics_package_path() -> list[str]:
 
 def select_metrics(selection: str, where: str = "--metrics") -> list[MetricSpec]:
     """Resolve 'core,l0,alignment' (entry names, metric names, groups or 'all') to registered specs, in order."""
+    load_metric_modules()
     by_output: Mapping[str, MetricSpec] = {n: s for _, s in METRICS.items() for n in s.names}
     chosen: dict[str, MetricSpec] = {}
     for word in (w.strip() for w in selection.split(",") if w.strip()):

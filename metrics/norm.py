@@ -15,14 +15,12 @@ practice. Memory: d_sae × 512 int32.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import torch
 
 from evalkit.core.records import EvalContext, MetricValue, SaeBatch
-from evalkit.core.registry import Registry
-from evalkit.sae.score import fires_on_pairs
-from metrics.alignment import LINEAR_ARCHITECTURES, architecture_of, cosine_params
+from evalkit.sae.score import fires_on_pairs, norm_exponents
 from metrics.base import State, StateValue, SumState, stream_metric, weights_metric
 
 MIN_FIRINGS = 20
@@ -146,7 +144,7 @@ class _QuartileSums(SumState):
         "norm_outlier_tokens",
     ),
     per_latent=("norm_q4_share", "norm_auroc", "norm_renorm_survival"),
-    requires=("positions",),
+    requires=("positions", "norm_stats"),
 )
 class NormDetectors(SumState):
     """Streams per-latent firing statistics against token norms; see the module docstring."""
@@ -251,22 +249,6 @@ class NormDetectors(SumState):
                 for i in torch.isfinite(values_F).nonzero().flatten().tolist()
             ]
         return out
-
-
-def _unit_exponents(sae: torch.nn.Module) -> torch.Tensor:
-    return torch.ones(int(sae.W_dec.shape[0]), dtype=torch.float64)
-
-
-ExponentRule = Callable[[torch.nn.Module], torch.Tensor]
-NORM_EXPONENT_RULES: Registry[ExponentRule] = Registry("architecture for norm exponent")
-for _arch in LINEAR_ARCHITECTURES + ("gated",):
-    NORM_EXPONENT_RULES.add(_arch, _unit_exponents)
-NORM_EXPONENT_RULES.add("cosine", lambda sae: cosine_params(sae)[0])
-
-
-def norm_exponents(sae: torch.nn.Module) -> torch.Tensor:
-    """The per-latent norm exponent a_i [d_sae]: learned for `cosine` SAEs, 1.0 for inner-product scores."""
-    return NORM_EXPONENT_RULES.get(architecture_of(sae), where="norm_dependence")(sae)
 
 
 @weights_metric(

@@ -10,7 +10,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import metadata
 from importlib.resources import files
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import jinja2
 import pandas as pd
 from markupsafe import Markup
 
+from evalkit.core.io import atomic_write_text, evalkit_version
 from reports.cards import cards_section
 from reports.claims import claims_table, write_claims
 from reports.differences import compute_differences, write_differences
@@ -98,13 +98,6 @@ def _environment() -> jinja2.Environment:
     )
 
 
-def _version() -> str:
-    try:
-        return metadata.version("evalkit")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def render_report(
     tables: RunTables,
     matched: pd.DataFrame,
@@ -121,7 +114,7 @@ def render_report(
         .get_template("report.html.j2")
         .render(
             title="evalkit report",
-            version=_version(),
+            version=evalkit_version(),
             sources=list(source_labels) if source_labels is not None else [str(d) for d in tables.dirs],
             n_saes=len(tables.saes),
             sections=[_render_section(s) for s in sections],
@@ -150,10 +143,8 @@ def write_report(
     differences = compute_differences(tables, matched, by)
     write_differences(differences, out)
     path = out / "report.html"
-    tmp = path.with_suffix(".html.tmp")
     # Folders named relative to the report: the page moves with its folder, and a resumed run writes the same bytes.
     labels = [os.path.relpath(d, out) for d in tables.dirs]
-    tmp.write_text(render_report(tables, matched, by, labels, differences), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, render_report(tables, matched, by, labels, differences))
     log.info("report: %s", path)
     return path

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from evalkit.core.errors import EvalkitInputError
+from evalkit.core.io import atomic_write_text
 from evalkit.core.registry import Registry
 from evalkit.core.uncertainty import Estimate, interpolate
 from reports.load import RunTables
@@ -291,9 +292,6 @@ def compute_matched(tables: RunTables, by: str = "fvu", targets: Sequence[float]
 
 
 def write_matched(matched: pd.DataFrame, out_dir: Path) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "matched.csv"
-    tmp = path.with_suffix(".csv.tmp")
-    matched.to_csv(tmp, index=False)
-    tmp.replace(path)  # atomic: a reader never sees half a file
+    atomic_write_text(path, matched.to_csv(index=False))
     return path

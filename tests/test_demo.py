@@ -12,7 +12,7 @@ import csv
 import importlib.util
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +23,8 @@ from sae_lens import SAE
 from safetensors import safe_open
 
 from evalkit.app.cli import build_parser, main
-from evalkit.app.demo import DemoResult, run_arguments, run_demo
-from evalkit.app.run_cli import run_command
+from evalkit.app.demo import DemoResult, run_demo, run_request
+from evalkit.app.request import RunRequest
 from evalkit.engine.saebench import check_required_keys
 from evalkit.sae.factory import make_sae
 from evalkit.world.build import World, build_world, hook_activations
@@ -173,13 +173,15 @@ def test_demo_evaluates_a_given_zoo_folder(small_demo: DemoRuns, tmp_path: Path)
     assert {r["sae_id"] for r in _read_csv(result.out_dir / "results.csv")} == {"mine"}
 
 
-def test_demo_arguments_are_the_run_commands(tmp_path: Path) -> None:
+def test_demo_request_is_the_run_commands(tmp_path: Path) -> None:
     paths = [tmp_path] * 6
     world = World(*paths, hook_name="blocks.1.hook_resid_post", d_model=32, seq_len=32, fingerprint="w:s:x")
-    args = run_arguments(tmp_path / "out", tmp_path / "zoo", world, force=True)
-    assert args.func is run_command
-    assert (args.sae, args.metrics, args.autointerp) == ([str(tmp_path / "zoo")], "all", "baseline")
-    assert (args.out, args.force, args.world) == (tmp_path / "out", True, world)
+    req = run_request(tmp_path / "out", tmp_path / "zoo", world, force=True)
+    assert (req.sae, req.metrics, req.autointerp) == ((str(tmp_path / "zoo"),), "all", "baseline")
+    assert (req.out, req.force, req.world) == (tmp_path / "out", True, world)
+    # Every other field is what `evalkit run` defaults to.
+    cli = RunRequest.from_args(build_parser().parse_args(["run", "--sae", str(tmp_path / "zoo")]))
+    assert replace(req, out=cli.out, metrics=cli.metrics, autointerp=cli.autointerp, force=False, world=None) == cli
 
 
 def test_demo_is_a_cli_command(capsys: pytest.CaptureFixture[str]) -> None:

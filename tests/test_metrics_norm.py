@@ -180,7 +180,7 @@ def test_accumulated_auroc_matches_sklearn() -> None:
 
 
 def test_cosine_with_zero_exponent_survives_renorm() -> None:
-    from evalkit.sae.variants import CosineSAE, CosineSAEConfig
+    from evalkit.sae.variants.cosine import CosineSAE, CosineSAEConfig
 
     sae = CosineSAE(CosineSAEConfig(d_in=D_IN, d_sae=12, k=3))
     with torch.no_grad():
@@ -198,7 +198,7 @@ def test_cosine_with_zero_exponent_survives_renorm() -> None:
 
 
 def test_norm_dependence_values() -> None:
-    from evalkit.sae.variants import CosineSAE, CosineSAEConfig
+    from evalkit.sae.variants.cosine import CosineSAE, CosineSAEConfig
 
     ctx = EvalContext(median_norm=1.0, norm_q25=0.5, norm_q75=2.0, n_tokens=1)
     standard = norm_dependence_metric(StandardSAE(StandardSAEConfig(d_in=4, d_sae=3)), ctx)

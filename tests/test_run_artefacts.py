@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 
+from evalkit.app.request import RunRequest
 from evalkit.app.run_cli import run_info
 from evalkit.core.batch import ActivationBatch
 from evalkit.core.io import file_stem
@@ -76,18 +76,8 @@ def run_into(out: Path, handles: list[SaeHandle], metrics: str = "afa,concepts")
     load_metric_modules()
     runner = Runner(ResultStore(out), EvalSettings(), select_metrics(metrics))
     outcome = runner.run(handles, {"h": labelled_source()})
-    args = argparse.Namespace(
-        sae=[h.path for h in handles],
-        activations=None,
-        model=None,
-        hook=None,
-        dataset=None,
-        autointerp="off",
-        llm_model=None,
-        labels=None,
-        seed_group=[],
-    )
-    info = run_info(args, EvalSettings(), runner.specs, outcome, handles, [], 0.0)
+    req = RunRequest(sae=tuple(h.path for h in handles), out=out)
+    info = run_info(req, EvalSettings(), runner.specs, outcome, handles, [], 0.0)
     outputs = [SaeOutput(r.handle, r.hook, r.shards) for r in outcome.results]
     write_outputs(out, outputs, info, {})
     return outcome

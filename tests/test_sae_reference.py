@@ -18,8 +18,8 @@ from sae_lens.saes.sae import TrainingSAE, TrainStepInput
 from evalkit.sae.factory import make_sae
 from evalkit.sae.loaders.formats import load_saes
 from evalkit.sae.score import score
-from evalkit.sae.training import afa_loss, unit_rows, update_batch_threshold
-from evalkit.sae.variants import UNSET_THRESHOLD, threshold_relu, topafa_k
+from evalkit.sae.variants.common import UNSET_THRESHOLD, threshold_relu, unit_rows, update_batch_threshold
+from evalkit.sae.variants.topafa import afa_loss, topafa_k
 
 
 @pytest.fixture(autouse=True)

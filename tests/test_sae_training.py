@@ -16,8 +16,7 @@ from sae_lens.training.sae_trainer import SAETrainer
 
 from evalkit.sae.loaders.formats import load_saes
 from evalkit.sae.score import score
-from evalkit.sae.training import AUX_K_COEFFICIENT
-from evalkit.sae.variants import threshold_relu
+from evalkit.sae.variants.common import AUX_K_COEFFICIENT, threshold_relu
 
 D_IN, D_SAE, BATCH = 16, 48, 64
 

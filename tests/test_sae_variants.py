@@ -11,12 +11,13 @@ import torch
 import torch.nn.functional as F
 from sae_lens import SAE
 
-from evalkit.sae.factory import VARIANT_FACTORIES, make_sae
+from evalkit.sae.factory import make_sae, variant_factories
 from evalkit.sae.loaders.formats import load_saes
 from evalkit.sae.score import NotFoldableError, fold_decoder_norms, score
-from evalkit.sae.variants import CosineSAE, TopAFASAE, topafa_k
+from evalkit.sae.variants.cosine import CosineSAE
+from evalkit.sae.variants.topafa import TopAFASAE, topafa_k
 
-VARIANTS = list(VARIANT_FACTORIES)
+VARIANTS = list(variant_factories())
 D_IN, D_SAE, T = 16, 32, 24
 
 

@@ -139,7 +139,7 @@ class _FixedActsSAE:
 
 
 def test_threshold_calibration_hand_case() -> None:
-    from evalkit.sae.training_unit import calibrate_batch_threshold
+    from evalkit.sae.variants.common import calibrate_batch_threshold
 
     acts = [torch.tensor([[0.0, 1.0], [4.0, 0.0]]), torch.tensor([[3.0, 0.0], [0.0, 5.0]])]  # minima 1 and 3
     sae = _FixedActsSAE(acts)

@@ -1,8 +1,8 @@
 """`evalkit demo`: the embedded world, its SAE zoo, every metric on every zoo SAE, and one report.
 
 The demo is a thin driver, not a second pipeline: it builds (or reuses from the cache) the world and the zoo,
-then hands the zoo folder to the very code `evalkit run` executes (`run_cli.run_command`, through the run
-parser, so every default is the run command's), and finally writes report.html with `reports.write_report`.
+then hands the zoo folder to the very code `evalkit run` executes (`run_cli.run` with a `RunRequest`, whose
+defaults are the run command's), and finally writes report.html with `reports.html.write_report`.
 Results land in the output folder's results store, so a second demo into the same folder recomputes nothing.
 """
 
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from evalkit.core.defaults import WORLD_SIZE_NAMES
 
 if TYPE_CHECKING:  # the world pulls in torch and transformer-lens: imported only when the demo runs
+    from evalkit.app.request import RunRequest
     from evalkit.world.build import World
 
 log = logging.getLogger(__name__)
@@ -71,23 +72,21 @@ def build_demo_zoo(world: World, cache_dir: Path | str | None = None) -> Path:
     return Path(build_zoo(world, cache_dir=cache_dir))
 
 
-def run_arguments(out_dir: Path, zoo_dir: Path, world: World, force: bool = False) -> argparse.Namespace:
-    """The `evalkit run` arguments the demo stands for, parsed by the run command's own parser."""
-    from evalkit.app import run_cli
+def run_request(out_dir: Path, zoo_dir: Path, world: World, force: bool = False) -> RunRequest:
+    """The `evalkit run` the demo stands for (every other field is the run command's default). The world object
+    itself (not only its size) selects the embedded-world source, so a non-default size or cache folder evaluates
+    on the same world the zoo was trained on; the demo writes report.html itself, as its own timed stage."""
+    from evalkit.app.request import RunRequest
 
-    parser = argparse.ArgumentParser(prog="evalkit")
-    run_cli.add_commands(parser.add_subparsers(dest="command"))
-    argv = ["run", "--sae", str(zoo_dir), "--metrics", DEMO_METRICS, "--autointerp", DEMO_AUTOINTERP]
-    # The demo writes report.html itself, as its own timed stage.
-    argv += ["--out", str(out_dir), "--no-report"] + (["--force"] if force else [])
-    args = parser.parse_args(argv)
-    # The world object itself (not only its size) selects the embedded-world source, so a non-default size or
-    # cache folder evaluates on the same world the zoo was trained on.
-    args.world = world
-    return args
-
-
-STAGES = ("world", "zoo", "evaluation", "report")
+    return RunRequest(
+        sae=(str(zoo_dir),),
+        out=out_dir,
+        metrics=DEMO_METRICS,
+        autointerp=DEMO_AUTOINTERP,
+        no_report=True,
+        force=force,
+        world=world,
+    )
 
 
 def _stage(stage: str, what: str, *args: object) -> None:
@@ -110,7 +109,7 @@ def run_demo(
 
     `zoo_dir` evaluates an existing folder of SAEs trained on this world instead of building the zoo.
     """
-    from evalkit.app.run_cli import run_command
+    from evalkit.app.run_cli import run
     from evalkit.world.build import build_world
     from reports.html import write_report
 
@@ -133,7 +132,7 @@ def run_demo(
     n_saes = sum(1 for _ in zoo.rglob("cfg.json"))
     _stage("evaluation", "%d SAEs in %s (metrics %s, autointerp %s)", n_saes, zoo, DEMO_METRICS, DEMO_AUTOINTERP)
     # `evalkit run` itself limits BLAS to one thread (many small scikit-learn fits).
-    status = run_command(run_arguments(out, zoo, world, force))
+    status = run(run_request(out, zoo, world, force))
     if status != 0:
         raise RuntimeError(f"evalkit run exited with status {status}")
     _timed(timings, "evaluation", t0)

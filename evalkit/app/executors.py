@@ -19,6 +19,7 @@ from evalkit.core.errors import EvalkitInputError
 
 # The engine (torch, metrics) is imported inside the functions that run: `evalkit run --help` stays fast.
 if TYPE_CHECKING:
+    from evalkit.app.request import RunRequest
     from evalkit.engine.runconfig import DataSource, EvalSettings, SaeLike
     from evalkit.engine.runner import Runner
     from evalkit.engine.store import ResultStore
@@ -52,43 +53,42 @@ def add_executor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None, help="Ray workers (default: the cluster's GPUs or CPUs)")
 
 
-def check_executor(args: argparse.Namespace) -> None:
+def check_executor(req: RunRequest) -> None:
     """Bad executor options are exit 2 before any work."""
-    if getattr(args, "executor", "local") != "ray":
+    if req.executor != "ray":
         return
     from evalkit.engine.ray_executor import INSTALL_LINE, ray_installed
 
     if not ray_installed():
         raise EvalkitInputError("--executor ray", f"Ray is not installed; install it with: {INSTALL_LINE}")
-    if args.autointerp != "off":
+    if req.autointerp != "off":
         raise EvalkitInputError("--executor ray", "the autointerp stage runs with --executor local only")
-    if args.workers is not None and args.workers <= 0:
-        raise EvalkitInputError("--workers", f"must be positive, got {args.workers}")
+    if req.workers is not None and req.workers <= 0:
+        raise EvalkitInputError("--workers", f"must be positive, got {req.workers}")
 
 
-def build_workspace(args: argparse.Namespace) -> tuple[Sequence[SaeLike], dict[str, DataSource]]:
+def build_workspace(req: RunRequest) -> tuple[Sequence[SaeLike], dict[str, DataSource]]:
     """What a Ray worker loads once: the SAEs and sources the same options name (run_cli's own loaders)."""
     from evalkit.app.run_cli import load_all_saes, resolve_sources
 
-    saes = load_all_saes(args.sae, args.format, args.device, args.dtype)
-    sources, _ = resolve_sources(args, saes)
+    saes = load_all_saes(req.sae, req.format, req.device, req.dtype)
+    sources, _ = resolve_sources(req, saes)
     return saes, sources
 
 
 def make_runner(
-    args: argparse.Namespace, settings: EvalSettings, specs: Sequence[MetricSpec], store: ResultStore, observers: list
+    req: RunRequest, settings: EvalSettings, specs: Sequence[MetricSpec], store: ResultStore, observers: list
 ) -> Runner:
     from evalkit.engine.distributed import DistributedRunner
     from evalkit.engine.runner import Runner
 
-    if getattr(args, "executor", "local") != "ray":
-        return Runner(store, settings, specs, observers, getattr(args, "checkpoint_every", None))
+    if req.executor != "ray":
+        return Runner(store, settings, specs, observers, req.checkpoint_every)
     from evalkit.engine.ray_executor import RayExecutor
 
-    worker_args = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "func"})
-    num_gpus = 1 if str(args.device).startswith("cuda") else 0
-    executor = RayExecutor(functools.partial(build_workspace, worker_args), args.ray_address, args.workers, num_gpus)
-    return DistributedRunner(store, settings, specs, executor, args.split)
+    num_gpus = 1 if str(req.device).startswith("cuda") else 0
+    executor = RayExecutor(functools.partial(build_workspace, req), req.ray_address, req.workers, num_gpus)
+    return DistributedRunner(store, settings, specs, executor, req.split)
 
 
 def execution_info(runner: Runner) -> dict[str, object]:

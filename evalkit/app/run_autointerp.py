@@ -9,7 +9,6 @@ values, plus the autointerp.csv rows next to it; a cached SAE is not observed ag
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import io
@@ -30,6 +29,7 @@ from evalkit.engine.store import ResultStore
 if TYPE_CHECKING:
     from autointerp.pipeline import AutointerpResult
     from autointerp.sampling import LatentExamples
+    from evalkit.app.request import RunRequest
 
 Decode = Callable[[list[int]], list[str]]
 ENTRY = "autointerp"
@@ -40,7 +40,7 @@ class AutointerpStage:
 
     def __init__(
         self,
-        args: argparse.Namespace,
+        req: RunRequest,
         settings: EvalSettings,
         store: ResultStore,
         saes: Sequence[SaeLike],
@@ -51,16 +51,16 @@ class AutointerpStage:
         from autointerp.pipeline import config_for_mode
 
         config = config_for_mode(
-            args.autointerp,
-            seed=args.seed,
-            base_url=args.llm_base_url,
-            explainer_model=args.llm_model,
-            scorer_model=args.llm_model,
-            max_cost_usd=args.max_llm_cost,
+            req.autointerp,
+            seed=req.seed,
+            base_url=req.llm_base_url,
+            explainer_model=req.llm_model,
+            scorer_model=req.llm_model,
+            max_cost_usd=req.max_llm_cost,
         )
         assert config is not None  # the caller only builds a stage when --autointerp is not off
         self.config, self.store, self.settings, self.sources = config, store, settings, sources
-        self.out_dir = Path(args.out)
+        self.out_dir = Path(req.out)
         cfg_json = json.loads(json.dumps(dataclasses.asdict(config), default=str))
         self.keys = {
             s.sae_id: ResultKey(

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evalkit.app.executors import add_executor_args, check_executor, execution_info, make_runner
+from evalkit.app.request import RunRequest, batch_tokens
 from evalkit.core.defaults import DEFAULT_BATCH_TOKENS, DEFAULT_STDERR_BLOCKS, DTYPE_NAMES
 from evalkit.core.errors import EvalkitInputError
 
@@ -150,54 +151,6 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     p.set_defaults(func=run_command)
 
 
-GPU_BYTES_PER_TOKEN = 4 * (4 * 262_144 + 8 * 131_072 + 64 * 4_608)
-"""A bound on one token's working set on the GPU: clean and patched log-probabilities over a Gemma-sized
-vocabulary, dense codes and their masks for a 131k-latent SAE, and the model's activations at d_model 4,608."""
-
-
-def batch_tokens(requested: int | None, device: str) -> int:
-    """--batch-size when given; on a CUDA device, as many tokens as half its free memory holds at
-    GPU_BYTES_PER_TOKEN each (at least 512, at most 65,536); elsewhere DEFAULT_BATCH_TOKENS."""
-    if requested is not None:
-        return requested
-    if str(device).startswith("cuda"):
-        import torch
-
-        if torch.cuda.is_available():
-            free, _ = torch.cuda.mem_get_info(torch.device(device))
-            chosen = int(max(512, min(65_536, free // 2 // GPU_BYTES_PER_TOKEN)))
-            log.info("batch size %d tokens, from %.1f GiB free on %s", chosen, free / 2**30, device)
-            return chosen
-    return DEFAULT_BATCH_TOKENS
-
-
-def settings_from_args(args: argparse.Namespace) -> EvalSettings:
-    from evalkit.engine.runconfig import EvalSettings
-
-    for name in ("tokens", "batch_size", "seq_len"):
-        value = getattr(args, name)
-        if value is not None and value <= 0:
-            raise EvalkitInputError(f"--{name.replace('_', '-')}", f"must be positive, got {value}")
-    if args.stderr_blocks < 0 or args.stderr_blocks == 1:
-        raise EvalkitInputError("--stderr-blocks", f"must be 0 (off) or at least 2, got {args.stderr_blocks}")
-    if args.max_norm_multiple is not None and args.max_norm_multiple <= 0:
-        raise EvalkitInputError("--max-norm-multiple", f"must be positive, got {args.max_norm_multiple}")
-    if getattr(args, "checkpoint_every", None) is not None and args.checkpoint_every <= 0:
-        raise EvalkitInputError("--checkpoint-every", f"must be positive, got {args.checkpoint_every}")
-    return EvalSettings(
-        n_tokens=args.tokens,
-        batch_size=batch_tokens(args.batch_size, args.device),
-        seq_len=args.seq_len,
-        exclude_special=args.exclude_special,
-        max_norm_multiple=args.max_norm_multiple,
-        dtype=args.dtype,
-        seed=args.seed,
-        stderr_blocks=args.stderr_blocks,
-        device=args.device,
-        force=args.force,
-    )
-
-
 def load_all_saes(
     paths: Sequence[str],
     fmt: str | None,
@@ -239,26 +192,22 @@ def _adapt(source: ActivationSource, hook: str) -> DataSource:
     description: dict[str, JsonValue] = {
         k: v if isinstance(v, str | int | float | bool) or v is None else str(v) for k, v in info.items()
     }
-    model = getattr(source, "model", None)
-    label_file = getattr(source, "labels", None)  # a LabelledSource's LabelFile
-    label_names = getattr(label_file, "names", None) or getattr(source, "label_names", None) or ()
-    has_tokens = model is not None or bool(source.info.details.get("has_tokens"))
     iter_from = getattr(source, "iter_from", None)  # a model source skips batches without running the model
     return DataSource(
         lambda: iter(source),
         description,
-        model,
+        source.model,
         hook,
         fingerprint=source.info.fingerprint,
-        has_tokens=has_tokens,
-        label_names=tuple(label_names),
+        has_tokens=source.has_tokens,
+        label_names=tuple(source.label_names),
         d_in=source.d_in,
         open_batches_from=iter_from if callable(iter_from) else None,
     )
 
 
 def resolve_sources(
-    args: argparse.Namespace, saes: Sequence[SaeLike], failures: list[EvalkitInputError] | None = None
+    req: RunRequest, saes: Sequence[SaeLike], failures: list[EvalkitInputError] | None = None
 ) -> tuple[dict[str, DataSource], dict[str, str]]:
     """The data for each hook and the hook each SAE is evaluated at, in CONTRACT.md's order of precedence:
     --activations, then a model (--model/--hook/--dataset, defaults from the SAE configs), then the embedded
@@ -267,27 +216,27 @@ def resolve_sources(
 
     # Ask the source for headroom: --tokens counts evaluation tokens, after special tokens are dropped; the
     # runner stops reading once it has them, so the extra is never computed.
-    n_read = None if args.tokens is None else 2 * args.tokens + 1024
+    n_read = None if req.tokens is None else 2 * req.tokens + 1024
     common = {
-        "labels": args.labels,
+        "labels": req.labels,
         "n_tokens": n_read,
-        "batch_size": batch_tokens(args.batch_size, args.device),
-        "device": args.device,
-        "dtype": args.dtype,  # the model runs in --dtype too (bfloat16 on a GPU); metrics accumulate in float64
-        "seed": args.seed,
+        "batch_size": batch_tokens(req.batch_size, req.device),
+        "device": req.device,
+        "dtype": req.dtype,  # the model runs in --dtype too (bfloat16 on a GPU); metrics accumulate in float64
+        "seed": req.seed,
     }
-    if args.seq_len:
-        common["seq_len"] = args.seq_len
-    if args.activations:
+    if req.seq_len:
+        common["seq_len"] = req.seq_len
+    if req.activations:
         hooks = {s.hook_name for s in saes}
-        hook = args.hook or (hooks.pop() if len(hooks) == 1 and None not in hooks else "activations")
-        source = open_source(activations=args.activations, **common)
+        hook = req.hook or (hooks.pop() if len(hooks) == 1 and None not in hooks else "activations")
+        source = open_source(activations=req.activations, **common)
         return {hook: _adapt(source, hook)}, {s.sae_id: hook for s in saes}
-    if args.model or args.hook or args.dataset:
-        return model_sources(args, saes, common)
-    # `args.world` (a built World) is set by `evalkit demo` (any world size); the run CLI leaves it unset.
-    source = open_source(world=getattr(args, "world", None), **common)
-    hook = str(getattr(source, "hook_name", ""))
+    if req.model or req.hook or req.dataset:
+        return model_sources(req, saes, common)
+    # `req.world` (a built World) is set by `evalkit demo` (any world size); the run CLI leaves it unset.
+    source = open_source(world=req.world, **common)
+    hook = str(source.hook_name or "")
     hook_of = {}
     for s in saes:
         if s.hook_name not in (None, hook):
@@ -305,7 +254,7 @@ def resolve_sources(
 
 
 def model_sources(
-    args: argparse.Namespace, saes: Sequence[SaeLike], common: dict[str, Any]
+    req: RunRequest, saes: Sequence[SaeLike], common: dict[str, Any]
 ) -> tuple[dict[str, DataSource], dict[str, str]]:
     """One model source per hook; what the flags leave open comes from the SAEs' metadata (model, hook,
     context size, prepend-BOS, model processing). An SAE whose d_in is not the width of the model's
@@ -313,16 +262,16 @@ def model_sources(
     from evalkit.sources.factory import open_source
     from evalkit.sources.sae_defaults import check_widths, hook_of, model_defaults
 
-    hooks = hook_of(saes, args.hook)
+    hooks = hook_of(saes, req.hook)
     sources = {}
     for hook in dict.fromkeys(hooks.values()):
         members = [s for s in saes if hooks[s.sae_id] == hook]
-        d = model_defaults(members, args.model, hook)
+        d = model_defaults(members, req.model, hook)
         source = open_source(
             model=d.model,
             hook=hook,
-            dataset=args.dataset,
-            text_column=getattr(args, "text_column", None),
+            dataset=req.dataset,
+            text_column=req.text_column,
             prepend_bos=d.prepend_bos,
             from_pretrained_kwargs=d.from_pretrained_kwargs,
             default_seq_len=d.seq_len,
@@ -334,7 +283,7 @@ def model_sources(
 
 
 def run_info(
-    args: argparse.Namespace,
+    req: RunRequest,
     settings: EvalSettings,
     specs: list[MetricSpec],
     outcome: RunOutcome,
@@ -365,15 +314,15 @@ def run_info(
             **settings.hashed(),
             "device": settings.device,
             "metrics": [s.name for s in specs],
-            "sae": list(args.sae),
-            "activations": args.activations,
-            "model": args.model,
-            "hook": args.hook,
-            "dataset": args.dataset,
-            "autointerp": args.autointerp,
-            "llm_model": args.llm_model,
-            "labels": args.labels,
-            "seed_group": list(args.seed_group),
+            "sae": list(req.sae),
+            "activations": req.activations,
+            "model": req.model,
+            "hook": req.hook,
+            "dataset": req.dataset,
+            "autointerp": req.autointerp,
+            "llm_model": req.llm_model,
+            "labels": req.labels,
+            "seed_group": list(req.seed_group),
         },
         "sources": sources,
         "n_tokens": next(iter(n_tokens.values())) if len(n_tokens) == 1 else n_tokens,  # type: ignore[dict-item]
@@ -389,7 +338,7 @@ def run_info(
             }
             for r in outcome.results
         ],
-        "seed_groups": [[s.sae_id for s in g] for g in seed_groups(saes, _explicit_groups(args))],
+        "seed_groups": [[s.sae_id for s in g] for g in seed_groups(saes, req.explicit_groups())],
         "skipped": [
             {"entry": n.entry, "metrics": list(n.metrics), "reason": n.reason, "sae_ids": n.sae_ids}
             for n in outcome.skipped
@@ -404,51 +353,53 @@ def run_info(
     }
 
 
-def _explicit_groups(args: argparse.Namespace) -> list[list[str]]:
-    return [[p.strip() for p in g.split(",") if p.strip()] for g in args.seed_group]
-
-
 def run_command(args: argparse.Namespace) -> int:
+    """`evalkit run`: the request its options stand for."""
+    return run(RunRequest.from_args(args))
+
+
+def run(req: RunRequest) -> int:
+    """Evaluate what `req` asks for and write the output folder; the CLI, the demo and the tests call this."""
     # Many small scikit-learn fits (probing): multi-threaded BLAS made each one ~25x slower on 2 busy cores,
     # so every run (not only the demo) uses one BLAS thread; torch's own thread pool is left alone.
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1, user_api="blas"):
-        return _run_command(args)
+        return _run(req)
 
 
-def _run_command(args: argparse.Namespace) -> int:
+def _run(req: RunRequest) -> int:
     from evalkit.core.io import sweep_temp_files
     from evalkit.engine.outlock import OutputLock
     from evalkit.engine.preflight import prepare_output
     from metrics.base import GROUPS, load_metric_modules, select_metrics
 
     t0 = time.perf_counter()
-    settings = settings_from_args(args)
-    check_executor(args)
+    settings = req.settings()
+    check_executor(req)
     failed = load_metric_modules()
     # Group order (core, downstream, sparsity, ...) makes summary.csv read headline-first.
-    specs = sorted(select_metrics(args.metrics), key=lambda s: GROUPS.index(s.group))
-    if not specs and args.autointerp == "off" and "autointerp" not in args.metrics:
-        raise EvalkitInputError("--metrics", f"selects no metric ({args.metrics!r}); name metrics or groups, or all")
-    prepare_output(args.out)  # seconds, before anything is loaded: a read-only --out fails here
-    with OutputLock(args.out, wait=args.wait):
-        sweep_temp_files(Path(args.out))
-        return _locked_run(args, settings, specs, failed, t0)
+    specs = sorted(select_metrics(req.metrics), key=lambda s: GROUPS.index(s.group))
+    if not specs and req.autointerp == "off" and "autointerp" not in req.metrics:
+        raise EvalkitInputError("--metrics", f"selects no metric ({req.metrics!r}); name metrics or groups, or all")
+    prepare_output(req.out)  # seconds, before anything is loaded: a read-only --out fails here
+    with OutputLock(req.out, wait=req.wait):
+        sweep_temp_files(Path(req.out))
+        return _locked_run(req, settings, specs, failed, t0)
 
 
 def _preflight(
-    args: argparse.Namespace,
+    req: RunRequest,
 ) -> tuple[list[SaeLike], dict[str, DataSource], dict[str, str], list[dict[str, str]]]:
     """Load and check every SAE and the data before the pass. A bad SAE is reported and left out (the run
     then exits 2); with --strict, or when none is left, the first failure stops the run."""
     from evalkit.engine.preflight import check_sae
 
     failures: list[EvalkitInputError] = []
-    saes = load_all_saes(args.sae, args.format, args.device, args.dtype, failures)
-    if failures and (args.strict or not saes):
+    saes = load_all_saes(req.sae, req.format, req.device, req.dtype, failures)
+    if failures and (req.strict or not saes):
         raise failures[0]
-    sources, hook_of = resolve_sources(args, saes, failures)
+    sources, hook_of = resolve_sources(req, saes, failures)
     d_in = {hook: src.d_in for hook, src in sources.items()}
     good: list[SaeLike] = []
     for s in (s for s in saes if s.sae_id in hook_of):
@@ -458,7 +409,7 @@ def _preflight(
             failures.append(exc)
             continue
         good.append(s)
-    if failures and (args.strict or not good):
+    if failures and (req.strict or not good):
         raise failures[0]
     for exc in failures:
         log.error("%s (skipped; the other SAEs are evaluated, exit code 2)", exc)
@@ -470,55 +421,53 @@ def _preflight(
     )
 
 
-def _locked_run(
-    args: argparse.Namespace, settings: EvalSettings, specs: list[MetricSpec], failed: list[str], t0: float
-) -> int:
+def _locked_run(req: RunRequest, settings: EvalSettings, specs: list[MetricSpec], failed: list[str], t0: float) -> int:
     from evalkit.app.run_autointerp import AutointerpStage
     from evalkit.core.io import atomic_write_text
     from evalkit.engine.outputs import SaeOutput, write_outputs
     from evalkit.engine.store import ResultStore
 
-    saes, sources, hook_of, bad = _preflight(args)
-    store = ResultStore(args.out)
-    stage = AutointerpStage(args, settings, store, saes, sources, hook_of) if args.autointerp != "off" else None
-    runner = make_runner(args, settings, specs, store, [stage.observer] if stage else [])
-    outcome = runner.run(saes, sources, _explicit_groups(args), hook_of)
+    saes, sources, hook_of, bad = _preflight(req)
+    store = ResultStore(req.out)
+    stage = AutointerpStage(req, settings, store, saes, sources, hook_of) if req.autointerp != "off" else None
+    runner = make_runner(req, settings, specs, store, [stage.observer] if stage else [])
+    outcome = runner.run(saes, sources, req.explicit_groups(), hook_of)
     notes = [f"metric module metrics.{m} failed to import" for m in failed]
     if stage is not None:
         n_tokens = {h: d.ctx.n_tokens for h, d in outcome.hooks.items()}
         shards, autointerp_csv, stop_notes = stage.finish(saes, hook_of, n_tokens)
         for r in outcome.results:
             r.shards.append(shards[r.handle.sae_id])
-        atomic_write_text(Path(args.out) / "autointerp.csv", autointerp_csv)
+        atomic_write_text(Path(req.out) / "autointerp.csv", autointerp_csv)
         notes += stop_notes
     outputs = [SaeOutput(r.handle, r.hook, r.shards) for r in outcome.results]
     has_model = any(h.source.model is not None for h in outcome.hooks.values())
     eval_config: dict[str, JsonValue] = {
         **settings.hashed(),
-        "model_name": args.model or next((getattr(s, "model_name", None) for s in saes), None),
-        "dataset": args.dataset,
-        "activations": args.activations,
+        "model_name": req.model or next((getattr(s, "model_name", None) for s in saes), None),
+        "dataset": req.dataset,
+        "activations": req.activations,
         "compute_ce_loss": has_model,
         "compute_kl": has_model,
     }
-    info = run_info(args, settings, specs, outcome, saes, notes, time.perf_counter() - t0)
+    info = run_info(req, settings, specs, outcome, saes, notes, time.perf_counter() - t0)
     info["failed"] = bad  # type: ignore[assignment]
     info["execution"]["passes"] = outcome.passes  # type: ignore[index]
     if stage is not None and stage.llm_usage:
         info["execution"]["llm_usage"] = stage.llm_usage  # type: ignore[index]
     info["execution"].update(execution_info(runner))  # type: ignore[union-attr]
-    write_outputs(args.out, outputs, info, eval_config)
+    write_outputs(req.out, outputs, info, eval_config)
     log.info(
         "evaluated %d SAE(s): %d result(s) computed, %d reused; wrote %s",
         len(saes),
         len(outcome.computed),
         len(outcome.reused),
-        args.out,
+        req.out,
     )
-    if not args.no_report:
+    if not req.no_report:
         from reports.html import write_report
 
-        write_report(args.out)
+        write_report(req.out)
     if bad:
         log.error(
             "%d SAE(s) failed before the pass (run.json 'failed'): %s", len(bad), ", ".join(b["path"] for b in bad)

@@ -16,9 +16,14 @@ JsonScalar = str | int | float | bool | None
 JsonValue = JsonScalar | list["JsonValue"] | dict[str, "JsonValue"]
 
 
-def stable_hash(obj: JsonValue, length: int = 16) -> str:
-    """sha256 of canonical JSON (sorted keys, no whitespace), truncated."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=True)
+def stable_hash(obj: object, length: int = 16, compact: bool = True) -> str:
+    """sha256 of canonical JSON (sorted keys; no whitespace, or json's default ", "/": " separators when not
+    `compact`), truncated to `length` hex digits. Values JSON cannot encode are written as str().
+
+    The one hash evalkit keys things by. `compact=False` reproduces the keys of caches written before it was the one
+    (world/zoo cache folders, source fingerprints, the autointerp caches), so existing caches stay valid."""
+    separators = (",", ":") if compact else (", ", ": ")
+    text = json.dumps(obj, sort_keys=True, separators=separators, allow_nan=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 

@@ -19,7 +19,8 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,25 @@ def atomic_write_bytes(path: Path, data: bytes, before_rename: Callable[[], None
         os.chmod(tmp, _FILE_MODE)
         if before_rename is not None:
             before_rename()
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` for a writer that wants a file name (pyarrow, pandas); on success the file is
+    fsynced and renamed over `path` as `atomic_write_bytes` does, on failure removed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = temp_path_for(path)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from evalkit.core.faults import fault_point
 from evalkit.core.identity import JsonValue, stable_hash
-from evalkit.core.io import atomic_write_text, evalkit_version, file_stem
+from evalkit.core.io import atomic_path, atomic_write_text, evalkit_version, file_stem
 from evalkit.core.records import Shard
 from evalkit.engine.runconfig import SaeLike
 from evalkit.engine.saebench import SaeBenchInputs, core_eval_output, missing_inputs
@@ -185,13 +185,8 @@ def features_frame(outputs: Sequence[SaeOutput]) -> pd.DataFrame | None:
 
 def atomic_write_parquet(path: Path, table: pa.Table) -> None:
     """Parquet through a temporary file in the same folder and os.replace (readers never see half a file)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def results_table(rows: Sequence[Sequence[float | int | str | None]]) -> pa.Table:

@@ -27,7 +27,7 @@ from evalkit.engine.passes import HookData, data_stats, norm_prepass, provisiona
 from evalkit.engine.runconfig import DataSource, EvalSettings, SaeLike, seed_groups
 from evalkit.engine.store import ResultStore
 from evalkit.engine.stream_pass import SEQ_INDEX_KEY, BatchObserver, SaeState, stream_pass
-from metrics.base import MetricSpec, StreamingMetric
+from metrics.base import MetricSpec, StreamingMetric, check_emitted
 from metrics.jackknife import stream_factory
 
 log = logging.getLogger(__name__)
@@ -41,9 +41,6 @@ __all__ = [
     "SkipNote",
     "context_for",
 ]
-
-NORM_FREE_GROUPS = frozenset({"core", "downstream", "sparsity"})
-"""Metric groups that never read the EvalContext's norm statistics (so need no pre-pass)."""
 
 
 @dataclass
@@ -99,6 +96,7 @@ def _unmet(spec: MetricSpec, data: HookData, has_group: bool) -> str | None:
         "labels": None if data.label_names else "needs token-level labels (--labels or the embedded world)",
         "positions": None,
         "seed_group": None if has_group else "needs a seed group of >= 2 SAEs differing only in seed",
+        "norm_stats": None,
     }
     for req in sorted(spec.requires):
         reason = reasons.get(req, f"unknown requirement {req!r}")
@@ -143,7 +141,8 @@ class Runner:
             self.reused.append(key)
         return shard
 
-    def _save(self, shard: Shard) -> None:
+    def _save(self, shard: Shard, spec: MetricSpec, d_sae: int) -> None:
+        check_emitted(spec, shard.values, d_sae)  # a metric emitting what it does not declare stops the run
         self.store.save(shard)
         self.computed.append(shard.key)
         fault_point("finish")
@@ -195,7 +194,7 @@ class Runner:
 
     def _needs_prepass(self, source: DataSource) -> bool:
         """The pre-pass reads the data an extra time; skip it when nothing needs norms before the pass."""
-        needs_norms = any(sp.group not in NORM_FREE_GROUPS for sp in self.specs)
+        needs_norms = any("norm_stats" in sp.requires for sp in self.specs)
         return needs_norms or self.settings.max_norm_multiple is not None or not source.known_up_front()
 
     def _run_hook(
@@ -246,8 +245,9 @@ class Runner:
             state = next((st for st in states if st.handle is s), None)
             if state is not None:
                 for key, acc in state.pending.values():
-                    shard = stream_shard(self._spec(key.entry), key, acc, data.ctx)
-                    self._save(shard)
+                    spec = self._spec(key.entry)
+                    shard = stream_shard(spec, key, acc, data.ctx)
+                    self._save(shard, spec, s.d_sae)
                     results[s.sae_id].shards.append(shard)
             self._run_weights(s, data, results[s.sae_id], s.sae_id in grouped_ids)
             results[s.sae_id].shards.sort(key=lambda sh: self._order(sh.key.entry))
@@ -275,7 +275,7 @@ class Runner:
             shard = self._cached(key)
             if shard is None:
                 shard = Shard(key, tuple(self._weights_values(spec, s, data.ctx)), data.ctx.n_tokens, _now_ms())
-                self._save(shard)
+                self._save(shard, spec, s.d_sae)
             result.shards.append(shard)
 
     def _run_groups(
@@ -317,7 +317,7 @@ class Runner:
         values = self._group_values(spec, group, data.ctx)
         for s in group:
             shard = Shard(keys[s.sae_id], tuple(values.get(s.sae_id, [])), data.ctx.n_tokens, _now_ms())
-            self._save(shard)
+            self._save(shard, spec, s.d_sae)
             results[s.sae_id].shards.append(shard)
 
     @torch.no_grad()

@@ -10,7 +10,6 @@ layouts (VARIANTS.md; sparsify SparseCoder.save_to_disk), so loader tests need n
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +22,13 @@ from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
 from safetensors.torch import save_file
 
 from evalkit.core.registry import Registry
-from evalkit.sae.training import aligned_weights
-from evalkit.sae.variants import CosineSAE, CosineSAEConfig, TopAFASAE, TopAFASAEConfig
+from evalkit.sae.registration import SaeMaker, ensure_registered
 
-SaeMaker = Callable[[int, int, torch.Generator], SAE[Any]]
 VARIANT_FACTORIES: Registry[SaeMaker] = Registry("test SAE variant")
+"""sae-lens' own classes (here) and every evalkit variant's `test_factories` (added by `variant_factories`)."""
 
 
-def _metadata(**extra: Any) -> SAEMetadata:
+def test_metadata(**extra: Any) -> SAEMetadata:
     return SAEMetadata(model_name="tiny-model", hook_name="blocks.0.hook_resid_post", **extra)
 
 
@@ -48,23 +46,23 @@ def randomise(sae: SAE[Any], gen: torch.Generator) -> SAE[Any]:
 
 @VARIANT_FACTORIES.register("standard")
 def _standard(d_in: int, d_sae: int, gen: torch.Generator) -> SAE[Any]:
-    return randomise(StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae, metadata=_metadata())), gen)
+    return randomise(StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae, metadata=test_metadata())), gen)
 
 
 @VARIANT_FACTORIES.register("topk")
 def _topk(d_in: int, d_sae: int, gen: torch.Generator) -> SAE[Any]:
-    return randomise(TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=4, metadata=_metadata())), gen)
+    return randomise(TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=4, metadata=test_metadata())), gen)
 
 
 @VARIANT_FACTORIES.register("topk_rescaled")
 def _topk_rescaled(d_in: int, d_sae: int, gen: torch.Generator) -> SAE[Any]:
-    cfg = TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=4, rescale_acts_by_decoder_norm=True, metadata=_metadata())
+    cfg = TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=4, rescale_acts_by_decoder_norm=True, metadata=test_metadata())
     return randomise(TopKSAE(cfg), gen)
 
 
 def _jumprelu_like(d_in: int, d_sae: int, gen: torch.Generator, trained_as: str | None) -> SAE[Any]:
     extra = {"training_architecture": trained_as} if trained_as else {}
-    sae = randomise(JumpReLUSAE(JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae, metadata=_metadata(**extra))), gen)
+    sae = randomise(JumpReLUSAE(JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae, metadata=test_metadata(**extra))), gen)
     if trained_as:  # batch top-k variants infer with ONE threshold for every latent
         with torch.no_grad():
             sae.threshold.fill_(float(sae.threshold[0]))
@@ -88,48 +86,21 @@ def _matryoshka(d_in: int, d_sae: int, gen: torch.Generator) -> SAE[Any]:
 
 @VARIANT_FACTORIES.register("gated")
 def _gated(d_in: int, d_sae: int, gen: torch.Generator) -> SAE[Any]:
-    return randomise(GatedSAE(GatedSAEConfig(d_in=d_in, d_sae=d_sae, metadata=_metadata())), gen)
+    return randomise(GatedSAE(GatedSAEConfig(d_in=d_in, d_sae=d_sae, metadata=test_metadata())), gen)
 
 
-def _cosine(per_feature: bool, activation: str) -> SaeMaker:
-    def make(d_in: int, d_sae: int, gen: torch.Generator) -> SAE[Any]:
-        cfg = CosineSAEConfig(
-            d_in=d_in, d_sae=d_sae, k=4, per_feature=per_feature, activation=activation, metadata=_metadata()
-        )
-        sae = randomise(CosineSAE(cfg), gen)
-        with torch.no_grad():  # a in [0, 1) as trained cosine SAEs have it; θ suited to cosine-sized scores
-            sae.a.copy_(torch.rand(sae.a.shape, generator=gen))
-            sae.threshold.fill_(0.2)
-        return sae
-
-    return make
-
-
-VARIANT_FACTORIES.add("cosine", _cosine(False, "topk"))
-VARIANT_FACTORIES.add("cosine_per_feature", _cosine(True, "topk"))
-VARIANT_FACTORIES.add("cosine_batchtopk", _cosine(False, "batchtopk"))
-
-
-@VARIANT_FACTORIES.register("topafa")
-def _topafa(d_in: int, d_sae: int, gen: torch.Generator) -> SAE[Any]:
-    return randomise(TopAFASAE(TopAFASAEConfig(d_in=d_in, d_sae=d_sae, metadata=_metadata())), gen)
-
-
-@VARIANT_FACTORIES.register("aligned_topk")
-def _aligned_topk(d_in: int, d_sae: int, gen: torch.Generator) -> SAE[Any]:
-    meta = _metadata(aligned=True, training_architecture="aligned_topk")
-    sae = randomise(TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=4, metadata=meta)), gen)
-    with torch.no_grad():
-        W_enc_DF, W_dec_FD = aligned_weights(sae.W_enc, sae.W_dec)
-        sae.W_enc.copy_(W_enc_DF)
-        sae.W_dec.copy_(W_dec_FD)
-    return sae
+def variant_factories() -> Registry[SaeMaker]:
+    """Every test factory: sae-lens' classes and each registered evalkit variant's."""
+    for _, variant in ensure_registered().items():
+        for name, maker in variant.test_factories.items():
+            VARIANT_FACTORIES.add(name, maker)
+    return VARIANT_FACTORIES
 
 
 def make_sae(variant: str, d_in: int = 16, d_sae: int = 32, seed: int = 0) -> SAE[Any]:
-    """A random inference SAE of the named variant (names: `list(VARIANT_FACTORIES)`)."""
+    """A random inference SAE of the named variant (names: `list(variant_factories())`)."""
     gen = torch.Generator().manual_seed(seed)
-    return VARIANT_FACTORIES.get(variant)(d_in, d_sae, gen).eval()
+    return variant_factories().get(variant)(d_in, d_sae, gen).eval()
 
 
 # --------------------------------------------------------------------------------- foreign-format writers

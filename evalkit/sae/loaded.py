@@ -16,6 +16,7 @@ import torch
 from sae_lens.saes.sae import SAE
 
 from evalkit.core.identity import JsonValue, stable_hash, state_dict_hash
+from evalkit.sae.registration import saved_architecture
 
 # Keys that vary between runs of one configuration, or describe where a copy lives; dropped at every nesting
 # level.
@@ -34,16 +35,9 @@ VOLATILE_KEYS = frozenset(
 )
 NOT_CONTENT_KEYS = frozenset({"device"})
 
-# sae-lens training architecture (kept in metadata.training_architecture) -> evalkit architecture name.
-TRAINING_ARCHITECTURES = {
-    "batchtopk": "batchtopk",
-    "matryoshka_batchtopk": "matryoshka",
-    "aligned_topk": "topk",
-    # Unit-norm-encoder training (evalkit.sae.training) saves as sae-lens' own classes; the variant is unchanged.
-    "unit_enc_topk": "topk",
-    "unit_enc_batchtopk": "batchtopk",
-    "unit_enc_matryoshka_batchtopk": "matryoshka",
-}
+# sae-lens' own training architectures (kept in metadata.training_architecture) that save as another class
+# (jumprelu) -> evalkit architecture name. evalkit's training variants declare theirs (`Variant.saved_as`).
+SAE_LENS_TRAINING_ARCHITECTURES = {"batchtopk": "batchtopk", "matryoshka_batchtopk": "matryoshka"}
 
 
 @dataclass(frozen=True, eq=False)
@@ -103,8 +97,11 @@ def evalkit_architecture(sae: SAE[Any], cfg: dict[str, Any]) -> str:
     if explicit:
         return str(explicit)
     trained = metadata.get("training_architecture")
-    if trained in TRAINING_ARCHITECTURES:
-        return TRAINING_ARCHITECTURES[trained]
+    if trained in SAE_LENS_TRAINING_ARCHITECTURES:
+        return SAE_LENS_TRAINING_ARCHITECTURES[trained]
+    saved_as = saved_architecture(str(trained)) if trained else None
+    if saved_as is not None:
+        return saved_as
     return str(sae.cfg.architecture())
 
 

@@ -1,4 +1,8 @@
-"""The pre-activation score s(x) of every variant, and folding decoder norms into the encoder.
+"""Per-variant behaviour, dispatched by SAE class: the pre-activation score s(x), folding decoder norms into the
+encoder, the encoder–decoder alignment slope α_i and the norm exponent a_i (metrics.alignment, metrics.norm).
+
+Rules for sae-lens' own classes live here; evalkit's variants register theirs in their own module
+(evalkit.sae.variants.*), next to the class, so an instance of a variant always brings its rules.
 
 `score(sae, x_TD)` is the value the sparsifying nonlinearity (ReLU / top-k / threshold / gate) is applied to:
 - standard, jumprelu (and batchtopk/matryoshka, which sae-lens saves as jumprelu): ⟨x_c, W_enc[:,i]⟩ +
@@ -20,13 +24,13 @@ import functools
 from typing import Any
 
 import torch
-from sae_lens.saes.gated_sae import GatedSAE
-from sae_lens.saes.jumprelu_sae import JumpReLUSAE
+from sae_lens.saes.gated_sae import GatedSAE, GatedTrainingSAE
+from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUTrainingSAE
 from sae_lens.saes.sae import SAE, TrainingSAE
-from sae_lens.saes.standard_sae import StandardSAE
-from sae_lens.saes.topk_sae import TopKSAE
+from sae_lens.saes.standard_sae import StandardSAE, StandardTrainingSAE
+from sae_lens.saes.topk_sae import TopKSAE, TopKTrainingSAE
 
-from evalkit.sae.variants import CosineSAE, TopAFASAE
+from evalkit.core.errors import EvalkitInputError
 
 UNIT_NORM_TOL = 1e-5
 
@@ -63,16 +67,6 @@ def _gated_score(sae: GatedSAE, x_TD: torch.Tensor) -> torch.Tensor:
 
 
 @score.register
-def _cosine_score(sae: CosineSAE, x_TD: torch.Tensor) -> torch.Tensor:
-    return sae.hidden_pre(x_TD)
-
-
-@score.register
-def _topafa_score(sae: TopAFASAE, x_TD: torch.Tensor) -> torch.Tensor:
-    return sae.process_sae_in(x_TD) @ sae.W_enc
-
-
-@score.register
 def _training_score(sae: TrainingSAE, x_TD: torch.Tensor) -> torch.Tensor:
     return sae.encode_with_hidden_pre(x_TD)[1]
 
@@ -96,26 +90,26 @@ def fold_decoder_norms(sae: SAE[Any]) -> SAE[Any]:
     folded = copy.deepcopy(sae)
     if has_unit_decoder_rows(sae):
         return folded
-    _fold_in_place(folded)
+    fold_in_place(folded)
     return folded
 
 
 @functools.singledispatch
-def _fold_in_place(sae: SAE[Any]) -> None:
+def fold_in_place(sae: SAE[Any]) -> None:
     raise NotFoldableError(
         f"folding decoder norms into a {type(sae).__name__} would change its output (its sparsifier compares "
         "latents or applies a shared threshold/scale); use the SAE as stored"
     )
 
 
-@_fold_in_place.register(StandardSAE)
-@_fold_in_place.register(JumpReLUSAE)
-@_fold_in_place.register(GatedSAE)
+@fold_in_place.register(StandardSAE)
+@fold_in_place.register(JumpReLUSAE)
+@fold_in_place.register(GatedSAE)
 def _fold_sae_lens(sae: SAE[Any]) -> None:
     sae.fold_W_dec_norm()
 
 
-@_fold_in_place.register
+@fold_in_place.register
 def _fold_topk(sae: TopKSAE) -> None:
     if not sae.cfg.rescale_acts_by_decoder_norm:
         raise NotFoldableError(
@@ -124,14 +118,6 @@ def _fold_topk(sae: TopKSAE) -> None:
             "use the SAE as stored"
         )
     sae.fold_W_dec_norm()
-
-
-@_fold_in_place.register
-def _fold_topafa(sae: TopAFASAE) -> None:
-    with torch.no_grad():
-        norms_F = sae.W_dec.norm(dim=-1).clamp_min(1e-12)
-        sae.W_dec.div_(norms_F.unsqueeze(1))
-        sae.W_enc.mul_(norms_F.unsqueeze(0))
 
 
 # ----------------------------------------------------------------------------------------- firing on pairs
@@ -193,3 +179,57 @@ def _gated_pairs(sae: GatedSAE, x_TD, token_N, latent_N):  # type: ignore[no-unt
     gate_N = _pair_scores(sae_in_TD, sae.W_enc, sae.b_gate, token_N, latent_N)
     mag_N = _pair_scores(sae_in_TD, sae.W_enc * sae.r_mag.exp(), sae.b_mag, token_N, latent_N)
     return (gate_N > 0) & (sae.activation_fn(mag_N) != 0)
+
+
+# ------------------------------------------------------------------------------------ alignment and norm exponent
+
+
+def float64_weights(sae: SAE[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W_enc [d_in, d_sae], W_dec [d_sae, d_in]) as float64 on CPU, detached."""
+    return sae.W_enc.detach().double().cpu(), sae.W_dec.detach().double().cpu()
+
+
+@functools.singledispatch
+def alignment_slopes(sae: SAE[Any], median_norm: float) -> torch.Tensor:
+    """α_i [d_sae] (float64): the rise of latent i's score per unit of feature i written by the decoder (x_c = c·d_i),
+    at input norm `median_norm` where the score depends on it (METRICS.md, alignment)."""
+    raise EvalkitInputError(
+        "alignment", f"evalkit has no alignment rule for SAE class {type(sae).__name__} ({sae.cfg.architecture()})"
+    )
+
+
+def linear_alpha(sae: SAE[Any], median_norm: float) -> torch.Tensor:
+    """α_i = ⟨W_enc[:,i], d_i⟩ for linear-score variants (decoder rows as stored)."""
+    W_enc_DF, W_dec_FD = float64_weights(sae)
+    return (W_enc_DF.T * W_dec_FD).sum(dim=1)
+
+
+# Linear scores ⟨x_c, W_enc[:,i]⟩ (+ b_enc,i): standard, topk (abstopk), jumprelu (batch-top-k and matryoshka save as
+# jumprelu), and sae-lens' training classes of those (batch-top-k and matryoshka training subclass top-k training).
+for _cls in (StandardSAE, TopKSAE, JumpReLUSAE, StandardTrainingSAE, TopKTrainingSAE, JumpReLUTrainingSAE):
+    alignment_slopes.register(_cls, linear_alpha)
+
+
+@alignment_slopes.register(GatedSAE)
+@alignment_slopes.register(GatedTrainingSAE)
+def gated_alpha(sae: SAE[Any], median_norm: float) -> torch.Tensor:
+    """Gated: the magnitude path's slope, exp(r_mag,i)·⟨W_enc[:,i], d_i⟩."""
+    return torch.exp(sae.r_mag.detach().double().cpu()) * linear_alpha(sae, median_norm)
+
+
+@functools.singledispatch
+def norm_exponents(sae: SAE[Any]) -> torch.Tensor:
+    """The per-latent norm exponent a_i [d_sae] (float64): how the score scales with ‖x‖ (1 for inner products)."""
+    raise EvalkitInputError(
+        "norm_dependence",
+        f"evalkit has no norm-exponent rule for SAE class {type(sae).__name__} ({sae.cfg.architecture()})",
+    )
+
+
+def unit_exponents(sae: SAE[Any]) -> torch.Tensor:
+    return torch.ones(int(sae.W_dec.shape[0]), dtype=torch.float64)
+
+
+for _cls in (StandardSAE, TopKSAE, JumpReLUSAE, GatedSAE, StandardTrainingSAE, TopKTrainingSAE, JumpReLUTrainingSAE):
+    norm_exponents.register(_cls, unit_exponents)
+norm_exponents.register(GatedTrainingSAE, unit_exponents)

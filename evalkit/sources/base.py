@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 
 from evalkit.core.batch import ActivationBatch
 from evalkit.core.defaults import DEFAULT_BATCH_TOKENS  # noqa: E402,F401  (one definition, light for --help)
 from evalkit.core.errors import EvalkitInputError
+from evalkit.core.identity import stable_hash
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,26 @@ class ActivationSource(Protocol):
     info: SourceInfo
 
     @property
+    def model(self) -> HookedTransformer | None:
+        """The model the activations come from, when the source runs one (CE/KL metrics need it); else None."""
+        ...
+
+    @property
+    def hook_name(self) -> str | None:
+        """The hook the activations are read at, when the source knows it."""
+        ...
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        """Names of the token-level label columns its batches carry; () without labels."""
+        ...
+
+    @property
+    def has_tokens(self) -> bool:
+        """Whether its batches carry token ids."""
+        ...
+
+    @property
     def d_in(self) -> int: ...
 
     def __iter__(self) -> Iterator[ActivationBatch]: ...
@@ -43,7 +66,7 @@ class ActivationSource(Protocol):
 
 def fingerprint_of(parts: dict[str, object]) -> str:
     """Short stable hash of the facts that determine a source's data."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return stable_hash(parts, 20, compact=False)
 
 
 def file_identity(path: Path) -> str:

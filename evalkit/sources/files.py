@@ -143,6 +143,14 @@ class ActivationFileSource:
             },
         )
 
+    model = None
+    hook_name = None
+    label_names: tuple[str, ...] = ()
+
+    @property
+    def has_tokens(self) -> bool:
+        return self.tokens is not None
+
     @property
     def d_in(self) -> int:
         return self._d_in

@@ -6,6 +6,7 @@ import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import safe_open
@@ -15,6 +16,9 @@ from evalkit.core.errors import EvalkitInputError
 from evalkit.sources.base import ActivationSource, SourceInfo, file_identity
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 
 class LabelFile:
@@ -110,6 +114,22 @@ class LabelledSource:
     @property
     def d_in(self) -> int:
         return self.source.d_in
+
+    @property
+    def model(self) -> HookedTransformer | None:
+        return self.source.model
+
+    @property
+    def hook_name(self) -> str | None:
+        return self.source.hook_name
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return self.labels.names
+
+    @property
+    def has_tokens(self) -> bool:
+        return self.source.has_tokens
 
     def __getattr__(self, name: str) -> object:
         # model, hook_name, layer, token_batches... of a wrapped ModelSource stay reachable.

@@ -127,6 +127,7 @@ class ModelSource:
         self.special_ids = model_special_ids(model)
         self._label_fn = label_fn
         self.label_names = label_names
+        self.has_tokens = True
         self._d_in: int | None = None
 
     @property

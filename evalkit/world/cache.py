@@ -17,6 +17,8 @@ import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from evalkit.core.identity import stable_hash
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -34,9 +36,8 @@ def cache_root(cache_dir: Path | str | None = None) -> Path:
 
 
 def config_hash(config: Mapping[str, object]) -> str:
-    """Stable short hash of a JSON-able build config."""
-    blob = json.dumps(config, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    """Stable short hash of a JSON-able build config (spaced JSON: the hash every existing cache entry is keyed by)."""
+    return stable_hash(config, 16, compact=False)
 
 
 def file_sha256(path: Path) -> str:
@@ -95,16 +96,3 @@ def cached_entry(root: Path, kind: str, config: Mapping[str, object], build: Cal
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file beside `path`, then rename: readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

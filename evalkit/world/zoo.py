@@ -26,7 +26,7 @@ from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE
 from safetensors.torch import load_file, save_file
 
 from evalkit.sae.registration import ensure_registered
-from evalkit.sae.training_unit import CALIBRATION_BATCHES, calibrate_batch_threshold
+from evalkit.sae.variants.common import CALIBRATION_BATCHES, calibrate_batch_threshold
 from evalkit.world.build import World
 from evalkit.world.cache import cache_root, cached_entry
 from evalkit.world.zoo_init import init_from_data
@@ -91,7 +91,7 @@ def zoo_entries(
     widths = [d_sae // 16, d_sae // 4, d_sae]
     # sae-lens rescales TopK latents by decoder norms by default; here that left ~1.5x more dead latents.
     plain = {"rescale_acts_by_decoder_norm": False}
-    # Unit encoder columns (evalkit.sae.training_unit.UnitEncoderMixin): latents compete on direction, not on a
+    # Unit encoder columns (evalkit.sae.variants.unit_encoder.UnitEncoderMixin): latents compete on direction, not on a
     # grown encoder norm. On the first world, held-out dead share: topk k16/32/64 32/13/8% -> 2/0.2/0.1%,
     # batchtopk k32/64 50/15% -> 6/1%, matryoshka 58% -> 10%. Decoder rows start at norm 0.3 (sae-lens: 0.1):
     # the decoder now carries all of a latent's scale (k16 dead 55% at 0.1 vs 2% at 0.3).

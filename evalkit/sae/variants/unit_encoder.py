@@ -1,36 +1,28 @@
-"""Top-k family training with unit-norm encoder columns, and the registration of every evalkit training class.
+"""The unit-encoder family: sae-lens' top-k, batch-top-k and matryoshka training with unit-norm encoder columns.
 
-Kept apart from evalkit.sae.training (the seed papers' variants) because these classes change only how sae-lens'
-own top-k, batch-top-k and matryoshka SAEs are trained; each saves as that architecture's inference SAE.
+These classes change only how sae-lens' own SAEs are trained; each saves as that architecture's inference SAE
+(topk, or jumprelu for the batch-top-k ones), so results call them `topk`, `batchtopk`, `matryoshka`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY, register_sae_training_class
 from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
 from sae_lens.saes.matryoshka_batchtopk_sae import (
     MatryoshkaBatchTopKTrainingSAE,
     MatryoshkaBatchTopKTrainingSAEConfig,
 )
-from sae_lens.saes.sae import SAEConfig, TrainingSAE, TrainingSAEConfig
+from sae_lens.saes.sae import SAEConfig
 from sae_lens.saes.topk_sae import TopKSAEConfig, TopKTrainingSAE, TopKTrainingSAEConfig
 from torch import nn
 from typing_extensions import override
 
-from evalkit.sae.training import (
-    AUX_K_COEFFICIENT,
-    AlignedTopKTrainingSAE,
-    AlignedTopKTrainingSAEConfig,
-    CosineTrainingSAE,
-    CosineTrainingSAEConfig,
-    TopAFATrainingSAE,
-    TopAFATrainingSAEConfig,
-)
+from evalkit.sae.registration import Variant
+from evalkit.sae.score import alignment_slopes, norm_exponents, unit_exponents
+from evalkit.sae.variants.common import AUX_K_COEFFICIENT
 
 # --------------------------------------------------------------------------- top-k with unit encoder columns
 
@@ -121,44 +113,32 @@ class UnitEncMatryoshkaTrainingSAE(UnitEncoderMixin, MatryoshkaBatchTopKTraining
     cfg: UnitEncMatryoshkaTrainingSAEConfig  # type: ignore[assignment]
 
 
-# ------------------------------------------------------------------------- batch-top-k threshold calibration
-
-CALIBRATION_BATCHES = 32
+UnitEncoderSAE = UnitEncTopKTrainingSAE | UnitEncBatchTopKTrainingSAE | UnitEncMatryoshkaTrainingSAE
 
 
-@torch.no_grad()
-def calibrate_batch_threshold(sae: BatchTopKTrainingSAE, batches: Iterator[torch.Tensor]) -> float:
-    """Set a batch-top-k SAE's inference threshold to the mean, over batches, of the smallest activation that batch
-    top-k keeps, computed with the final weights (the BatchTopK paper's estimate; Bussmann et al. 2024).
-
-    Why: sae-lens tracks it during training as an exponential average (rate 0.01) that starts at 0 and is not
-    bias-corrected, so after a short run it is low (0.99^120 = 30% of the weight is still on the 0 start) and the
-    saved SAE fires more than k latents per token. Returns the new threshold.
-    """
-    minima = []
-    for batch_BD in batches:
-        acts_BF = sae.encode(batch_BD)
-        if (acts_BF > 0).any():
-            minima.append(acts_BF[acts_BF > 0].min().double())
-    if minima:
-        sae.topk_threshold = torch.stack(minima).mean().to(sae.topk_threshold)
-    return float(sae.topk_threshold)
+@alignment_slopes.register(UnitEncTopKTrainingSAE)
+@alignment_slopes.register(UnitEncBatchTopKTrainingSAE)
+@alignment_slopes.register(UnitEncMatryoshkaTrainingSAE)
+def _unit_encoder_alpha(sae: UnitEncoderSAE, median_norm: float) -> torch.Tensor:
+    """⟨w_i, d_i⟩ with the unit encoder columns the class computes with."""
+    W_enc_DF = unit_columns(sae.W_enc).detach().double().cpu()
+    W_dec_FD = sae.W_dec.detach().double().cpu()
+    return (W_enc_DF.T * W_dec_FD).sum(dim=1)
 
 
-# --------------------------------------------------------------------------------------------- registration
+for _cls in (UnitEncTopKTrainingSAE, UnitEncBatchTopKTrainingSAE, UnitEncMatryoshkaTrainingSAE):
+    norm_exponents.register(_cls, unit_exponents)
 
-TRAINING_VARIANTS: dict[str, tuple[type[TrainingSAE[Any]], type[TrainingSAEConfig]]] = {
-    "cosine": (CosineTrainingSAE, CosineTrainingSAEConfig),
-    "topafa": (TopAFATrainingSAE, TopAFATrainingSAEConfig),
-    "aligned_topk": (AlignedTopKTrainingSAE, AlignedTopKTrainingSAEConfig),
-    "unit_enc_topk": (UnitEncTopKTrainingSAE, UnitEncTopKTrainingSAEConfig),
-    "unit_enc_batchtopk": (UnitEncBatchTopKTrainingSAE, UnitEncBatchTopKTrainingSAEConfig),
-    "unit_enc_matryoshka_batchtopk": (UnitEncMatryoshkaTrainingSAE, UnitEncMatryoshkaTrainingSAEConfig),
-}
-
-
-def register_training_variants() -> None:
-    """Register evalkit's training classes into sae-lens once (its registry raises on a repeat)."""
-    for name, (sae_cls, cfg_cls) in TRAINING_VARIANTS.items():
-        if name not in SAE_TRAINING_CLASS_REGISTRY:
-            register_sae_training_class(name, sae_cls, cfg_cls)
+VARIANT = Variant(
+    name="unit_encoder",
+    training={
+        "unit_enc_topk": (UnitEncTopKTrainingSAE, UnitEncTopKTrainingSAEConfig),
+        "unit_enc_batchtopk": (UnitEncBatchTopKTrainingSAE, UnitEncBatchTopKTrainingSAEConfig),
+        "unit_enc_matryoshka_batchtopk": (UnitEncMatryoshkaTrainingSAE, UnitEncMatryoshkaTrainingSAEConfig),
+    },
+    saved_as={
+        "unit_enc_topk": "topk",
+        "unit_enc_batchtopk": "batchtopk",
+        "unit_enc_matryoshka_batchtopk": "matryoshka",
+    },
+)
