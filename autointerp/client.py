@@ -23,6 +23,7 @@ import openai
 
 from autointerp.config import AutointerpConfig
 from autointerp.prompts import Message
+from autointerp.status import Status
 from evalkit.core.faults import fault_point
 from evalkit.core.identity import stable_hash
 from evalkit.core.io import dump_checked, load_checked
@@ -74,7 +75,7 @@ class ChatReply:
 class LLMRequestError(Exception):
     """A request that did not produce a reply. `status` is what the latent is marked with."""
 
-    def __init__(self, status: str, reason: str) -> None:
+    def __init__(self, status: Status, reason: str) -> None:
         super().__init__(reason)
         self.status = status
         """llm_error (this request failed), budget_exhausted (a cap was reached), unreachable (endpoint
@@ -127,8 +128,8 @@ class LLMClient:
         """What each reply (or failed request) took, for order-independent totals."""
         self._cap_reached = False
         self.stop_reason: str | None = None
-        self.stop_status = "budget_exhausted"
-        """budget_exhausted, unreachable or auth_error once stop_reason is set."""
+        self.stop_status = Status.BUDGET_EXHAUSTED
+        """BUDGET_EXHAUSTED, UNREACHABLE or AUTH_ERROR once stop_reason is set."""
         """Set when a cap was reached or the endpoint is unreachable; later requests fail fast."""
         self._api_key = api_key or next((os.environ[k] for k in API_KEY_ENV if os.environ.get(k)), None)
         self._openai: openai.AsyncOpenAI | None = None
@@ -214,8 +215,10 @@ class LLMClient:
                     self._count(spent, failures=1)
                     if exc.connection:
                         url = self.config.base_url
-                        raise self._stop("unreachable", f"cannot reach the LLM endpoint {url}: {exc.reason}") from None
-                    raise LLMRequestError("llm_error", f"{exc.reason} (after {attempt + 1} attempts)") from None
+                        raise self._stop(
+                            Status.UNREACHABLE, f"cannot reach the LLM endpoint {url}: {exc.reason}"
+                        ) from None
+                    raise LLMRequestError(Status.LLM_ERROR, f"{exc.reason} (after {attempt + 1} attempts)") from None
                 delay = self._backoff(attempt, exc.retry_after)
                 self._count(spent, retries=1)
                 log.warning("LLM request failed (%s); retry %d in %.2fs", exc.reason, attempt + 1, delay)
@@ -243,10 +246,10 @@ class LLMClient:
         if self.stop_reason is not None:
             raise LLMRequestError(self.stop_status, self.stop_reason)
         if c.max_requests is not None and requests >= c.max_requests:
-            raise self._stop("budget_exhausted", f"request cap reached ({c.max_requests} requests)")
+            raise self._stop(Status.BUDGET_EXHAUSTED, f"request cap reached ({c.max_requests} requests)")
         if c.max_cost_usd is not None and cost >= c.max_cost_usd:
             self._cap_reached = True
-            raise self._stop("budget_exhausted", f"cost cap reached (${cost:.4f} >= ${c.max_cost_usd:.4f})")
+            raise self._stop(Status.BUDGET_EXHAUSTED, f"cost cap reached (${cost:.4f} >= ${c.max_cost_usd:.4f})")
 
     def totals(self) -> Usage:
         """What the results took, summed exactly (math.fsum) so the figure does not depend on the order replies
@@ -268,7 +271,7 @@ class LLMClient:
             f"requests in flight when it was reached included)"
         )
 
-    def _stop(self, status: str, reason: str) -> LLMRequestError:
+    def _stop(self, status: Status, reason: str) -> LLMRequestError:
         """Record why no further request will be sent; every later request fails fast with the same status."""
         if self.stop_reason is None:
             self.stop_reason, self.stop_status = reason, status
@@ -297,13 +300,13 @@ class LLMClient:
             if exc.status_code in (401, 403):  # every later request would fail the same way
                 url = self.config.base_url
                 raise self._stop(
-                    "auth_error", f"the LLM endpoint {url} refused the API key (HTTP {exc.status_code})"
+                    Status.AUTH_ERROR, f"the LLM endpoint {url} refused the API key (HTTP {exc.status_code})"
                 ) from None
             reason = f"HTTP {exc.status_code}"
             if exc.status_code == 429 or exc.status_code >= 500:
                 raise _Retryable(reason, _retry_after_seconds(exc.response.headers)) from None
             self._count(spent, failures=1)
-            raise LLMRequestError("llm_error", f"{reason}: {exc.message}"[:300]) from None
+            raise LLMRequestError(Status.LLM_ERROR, f"{reason}: {exc.message}"[:300]) from None
         except (openai.APIResponseValidationError, ValueError) as exc:
             raise _Retryable(f"malformed reply: {type(exc).__name__}") from None
         return self._reply_from(resp, key, model, spent)

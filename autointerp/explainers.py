@@ -12,6 +12,7 @@ from autointerp.client import LLMClient, LLMRequestError
 from autointerp.config import AutointerpConfig
 from autointerp.judges import content_hash, normalize_token, quote_token
 from autointerp.sampling import LatentExamples
+from autointerp.status import Status
 from evalkit.core.errors import EvalkitInputError
 from evalkit.core.registry import Registry
 
@@ -24,7 +25,7 @@ class Explanation:
     latent: int
     text: str | None
     """None when no explanation could be obtained (see status)."""
-    status: str
+    status: Status
     """ok, parse_failure, llm_error, budget_exhausted or unreachable."""
     model: str
     prompt_hash: str = ""
@@ -78,13 +79,13 @@ class BaselineExplainer:
             return Explanation(
                 examples.latent,
                 None,
-                "parse_failure",
+                Status.PARSE_FAILURE,
                 self.model,
                 reason="no active token with a printable string",
                 parse_failures=1,
             )
         text = "the tokens " + ", ".join(quote_token(t) for t in ranked)
-        return Explanation(examples.latent, text, "ok", self.model, content_hash("baseline-explain", ranked))
+        return Explanation(examples.latent, text, Status.OK, self.model, content_hash("baseline-explain", ranked))
 
 
 class LLMExplainer:
@@ -107,13 +108,13 @@ class LLMExplainer:
             return Explanation(
                 examples.latent,
                 None,
-                "parse_failure",
+                Status.PARSE_FAILURE,
                 self.model,
                 reply.request_hash,
                 f"unparsable reply: {reply.text[:120]!r}",
                 parse_failures=1,
             )
-        return Explanation(examples.latent, text, "ok", self.model, reply.request_hash)
+        return Explanation(examples.latent, text, Status.OK, self.model, reply.request_hash)
 
 
 def _make_baseline(config: AutointerpConfig, client: LLMClient | None) -> Explainer:

@@ -1,9 +1,9 @@
-"""Judges answer the scorers' questions: which snippets match an explanation; per-token activation guesses.
-
-Two judges share one interface, so every scorer runs unchanged offline or against an LLM:
-- baseline: a snippet matches when it contains (detection) or highlights (fuzzing) a token the explanation
-  names;
-- llm: the prompts of autointerp.prompts sent through LLMClient.
+"""Judges answer the scorers' questions. One call, `ask(question)`: the scorer's Question carries its prompt and
+parser (and its offline answer), so a judge knows nothing of any scorer and every scorer runs unchanged offline or
+against an LLM:
+- baseline: the question's offline answer, by token matching (helpers below: a snippet matches when it contains,
+  or highlights, a token the explanation names);
+- llm: the question's messages sent through LLMClient, the reply read by the question's parser.
 """
 
 from __future__ import annotations
@@ -12,14 +12,17 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
-from autointerp import prompts
 from autointerp.client import LLMClient, LLMRequestError
 from autointerp.config import AutointerpConfig
+from autointerp.prompts import Message
+from autointerp.status import Status
 from evalkit.core.errors import EvalkitInputError
 from evalkit.core.identity import stable_hash
 from evalkit.core.registry import Registry
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -29,14 +32,27 @@ class Snippet:
 
 
 @dataclass(frozen=True)
-class Verdict:
-    """A judge's answer; `selected`/`predictions` are None when there is no usable answer (see status)."""
+class Question(Generic[T]):
+    """One question a scorer asks a judge. The scorer owns all of it: the LLM prompt and the parser of its reply,
+    and the offline answer (token matching) the baseline judge gives, with the parts that identify it."""
 
-    status: str
-    """ok, parse_failure, llm_error, budget_exhausted or unreachable."""
+    messages: list[Message]
+    parse: Callable[[str], T | None]
+    """The answer in a reply; None when the reply does not follow the requested format."""
+    offline: Callable[[], T]
+    offline_key: tuple[object, ...]
+    """What the offline answer depends on (hashed into the verdict's prompt_hash)."""
+    long_reply: bool = False
+    """The reply has one line per snippet (per-token predictions): the judge allows the longer reply budget."""
+
+
+@dataclass(frozen=True)
+class Verdict(Generic[T]):
+    """A judge's answer; `answer` is None when there is no usable one (see status)."""
+
+    status: Status
     prompt_hash: str
-    selected: frozenset[int] | None = None
-    predictions: tuple[tuple[float, ...], ...] | None = None
+    answer: T | None = None
     reason: str = ""
     parse_failures: int = 0
 
@@ -44,13 +60,7 @@ class Verdict:
 class Judge(Protocol):
     model: str
 
-    async def select(self, task: str, explanation: str, snippets: list[Snippet]) -> Verdict:
-        """task 'detection': which snippets contain matching text; 'fuzzing': whose highlights match."""
-        ...
-
-    async def simulate(self, explanation: str, snippets: list[Snippet]) -> Verdict:
-        """Per-token activation predictions on 0-10."""
-        ...
+    async def ask(self, question: Question[T]) -> Verdict[T]: ...
 
 
 JudgeFactory = Callable[[AutointerpConfig, "LLMClient | None"], Judge]
@@ -98,22 +108,8 @@ class BaselineJudge:
 
     model = "baseline"
 
-    async def select(self, task: str, explanation: str, snippets: list[Snippet]) -> Verdict:
-        names = named_tokens(explanation)
-        chosen = set()
-        for k, s in enumerate(snippets):
-            if task == "fuzzing":  # only highlighted tokens count; no highlight means none
-                marks = s.highlight if s.highlight is not None else (False,) * len(s.tokens)
-            else:
-                marks = (True,) * len(s.tokens)
-            if any(m and normalize_token(t) in names for t, m in zip(s.tokens, marks, strict=True)):
-                chosen.add(k)
-        return Verdict("ok", content_hash(task, explanation, snippets), selected=frozenset(chosen))
-
-    async def simulate(self, explanation: str, snippets: list[Snippet]) -> Verdict:
-        names = named_tokens(explanation)
-        preds = tuple(tuple(10.0 if normalize_token(t) in names else 0.0 for t in s.tokens) for s in snippets)
-        return Verdict("ok", content_hash("simulation", explanation, snippets), predictions=preds)
+    async def ask(self, question: Question[T]) -> Verdict[T]:
+        return Verdict(Status.OK, content_hash(*question.offline_key), answer=question.offline())
 
 
 class LLMJudge:
@@ -124,43 +120,42 @@ class LLMJudge:
         self.client = client
         self.model = config.scorer_model
 
-    async def select(self, task: str, explanation: str, snippets: list[Snippet]) -> Verdict:
-        if task == "fuzzing":
-            texts = [prompts.render_window(list(s.tokens), list(s.highlight or ())) for s in snippets]
-            messages = prompts.fuzzing_messages(explanation, texts)
-        else:
-            messages = prompts.detection_messages(
-                explanation, [prompts.render_window(list(s.tokens)) for s in snippets]
-            )
+    async def ask(self, question: Question[T]) -> Verdict[T]:
+        budget = self.config.max_tokens_simulation if question.long_reply else self.config.max_tokens_score
         try:
-            reply = await self.client.chat(self.model, messages, self.config.max_tokens_score)
+            reply = await self.client.chat(self.model, question.messages, budget)
         except LLMRequestError as exc:
             return Verdict(exc.status, "", reason=exc.reason)
-        selected = prompts.parse_selection(reply.text, len(snippets))
-        if selected is None:
+        answer = question.parse(reply.text)
+        if answer is None:
             return Verdict(
-                "parse_failure",
+                Status.PARSE_FAILURE,
                 reply.request_hash,
                 reason=f"unparsable reply: {reply.text[:120]!r}",
                 parse_failures=1,
             )
-        return Verdict("ok", reply.request_hash, selected=frozenset(selected))
+        return Verdict(Status.OK, reply.request_hash, answer=answer)
 
-    async def simulate(self, explanation: str, snippets: list[Snippet]) -> Verdict:
-        messages = prompts.simulation_messages(explanation, [list(s.tokens) for s in snippets])
-        try:
-            reply = await self.client.chat(self.model, messages, self.config.max_tokens_simulation)
-        except LLMRequestError as exc:
-            return Verdict(exc.status, "", reason=exc.reason)
-        preds = prompts.parse_simulation(reply.text, [len(s.tokens) for s in snippets])
-        if preds is None:
-            return Verdict(
-                "parse_failure",
-                reply.request_hash,
-                reason=f"unparsable reply: {reply.text[:120]!r}",
-                parse_failures=1,
-            )
-        return Verdict("ok", reply.request_hash, predictions=tuple(tuple(p) for p in preds))
+
+def matching_snippets(explanation: str, snippets: list[Snippet], highlighted_only: bool) -> frozenset[int]:
+    """The baseline's selection: snippets with a token the explanation names (among highlighted tokens only, when
+    `highlighted_only`; no highlight then means none)."""
+    names = named_tokens(explanation)
+    chosen = set()
+    for k, s in enumerate(snippets):
+        if highlighted_only:
+            marks = s.highlight if s.highlight is not None else (False,) * len(s.tokens)
+        else:
+            marks = (True,) * len(s.tokens)
+        if any(m and normalize_token(t) in names for t, m in zip(s.tokens, marks, strict=True)):
+            chosen.add(k)
+    return frozenset(chosen)
+
+
+def named_token_predictions(explanation: str, snippets: list[Snippet]) -> tuple[tuple[float, ...], ...]:
+    """The baseline's simulation: 10 on tokens the explanation names, 0 elsewhere."""
+    names = named_tokens(explanation)
+    return tuple(tuple(10.0 if normalize_token(t) in names else 0.0 for t in s.tokens) for s in snippets)
 
 
 def _make_baseline(config: AutointerpConfig, client: LLMClient | None) -> Judge:

@@ -23,6 +23,7 @@ from autointerp.explainers import EXPLAINERS, Decode, Explanation
 from autointerp.judges import JUDGES, Judge
 from autointerp.sampling import LatentExamples
 from autointerp.scorers import SCORERS, Score
+from autointerp.status import Status
 from evalkit.core.errors import EvalkitInputError
 from evalkit.core.records import MetricValue
 
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 CONTROL = "detection_shuffled"
 """Scorer name of the shuffled-explanation control rows (detection with another latent's explanation)."""
+CONTROL_METRIC = "autointerp_detection_balanced_accuracy_shuffled"
 AUTOINTERP_COLUMNS = (
     "latent",
     "scorer",
@@ -73,7 +75,7 @@ class AutointerpRow:
     score: float | None
     accuracy: float | None
     positive_fraction: float | None
-    status: str
+    status: Status
     reason: str
     parse_failures: int
     prompt_hash: str
@@ -94,7 +96,7 @@ class AutointerpResult:
     usage: Usage = field(default_factory=Usage)
     stop_reason: str | None = None
     """Why requests stopped early (a cap, an unreachable endpoint, a refused key); None when complete."""
-    stop_status: str | None = None
+    stop_status: Status | None = None
     """budget_exhausted, unreachable or auth_error when stop_reason is set."""
     base_url: str = ""
     sent: Usage = field(default_factory=Usage)
@@ -103,7 +105,7 @@ class AutointerpResult:
     def input_error(self) -> EvalkitInputError | None:
         """For the CLI, after writing the results: an unreachable endpoint or a refused key is bad input
         (exit 2); a cap that stopped the run is not an error."""
-        if self.stop_status in ("unreachable", "auth_error"):
+        if self.stop_status is not None and self.stop_status.stops_run:
             return EvalkitInputError(f"--llm-base-url {self.base_url}", str(self.stop_reason))
         return None
 
@@ -112,7 +114,7 @@ def choose_latents(examples: dict[int, LatentExamples], config: AutointerpConfig
     """The given list, else a seeded sample of the latents with enough examples."""
     if config.latents is not None:
         return list(config.latents)
-    eligible = sorted(k for k, e in examples.items() if e.status == "ok")
+    eligible = sorted(k for k, e in examples.items() if e.status is Status.OK)
     rng = np.random.default_rng(config.seed)
     if len(eligible) <= config.n_latents:
         return eligible
@@ -176,7 +178,7 @@ async def _run(
     explainer = EXPLAINERS.get(config.explainer, "autointerp explainer")(config, llm)
     judge = JUDGES.get(config.judge, "autointerp judge")(config, llm)
     chosen = choose_latents(examples, config)
-    ready = [k for k in chosen if k in examples and examples[k].status == "ok"]
+    ready = [k for k in chosen if k in examples and examples[k].status is Status.OK]
     try:
         explained = await asyncio.gather(*(explainer.explain(examples[k], decode) for k in ready))
         explanations = {e.latent: e for e in explained}
@@ -192,7 +194,7 @@ async def _run(
     stop_status = llm.stop_status if stop_reason else None
     if stop_reason:
         log.error("autointerp stopped early: %s; finished results are kept", stop_reason)
-    n_insufficient = sum(e.status == "insufficient_examples" for e in examples.values())
+    n_insufficient = sum(e.status is Status.INSUFFICIENT_EXAMPLES for e in examples.values())
     metrics = aggregate(rows, explanations, usage, n_insufficient)
     return AutointerpResult(rows, metrics, explanations, usage, stop_reason, stop_status, config.base_url, sent)
 
@@ -251,15 +253,15 @@ def _unscored_rows(
             0,
             0.0,
             0.0,
-            status="insufficient_examples",
+            status=Status.INSUFFICIENT_EXAMPLES,
             reason="latent was not tracked by the example collector",
         )
         exp = explanations.get(k)
         if exp is not None and exp.text is not None:
             continue
-        status = ex.status if ex.status != "ok" else exp.status if exp else "not_run"
-        status = "insufficient_examples" if status == "dead" else status
-        reason = ex.reason if ex.status != "ok" else (f"explainer: {exp.reason}" if exp else "")
+        status = ex.status if ex.status is not Status.OK else exp.status if exp else Status.NOT_RUN
+        status = Status.INSUFFICIENT_EXAMPLES if status is Status.DEAD else status
+        reason = ex.reason if ex.status is not Status.OK else (f"explainer: {exp.reason}" if exp else "")
         for name in config.scorers:
             rows.append(_row(ex, Score(name, status, reason=reason), None, "", exp.model if exp else ""))
     return rows
@@ -277,30 +279,25 @@ def aggregate(
     """SAE-level means ± std per scorer, per-latent scores, counts and LLM usage, as results.csv records."""
 
     def scores(scorer: str, attr: str = "score") -> list[tuple[int, float]]:
-        return [(r.latent, float(getattr(r, attr))) for r in rows if r.scorer == scorer and r.status == "ok"]
+        return [(r.latent, float(getattr(r, attr))) for r in rows if r.scorer == scorer and r.status is Status.OK]
 
     out: list[MetricValue] = []
-    out += _mean_std([v for _, v in scores("detection", "accuracy")], "autointerp_detection_accuracy")
-    for scorer, name in (
-        ("detection", "autointerp_detection_balanced_accuracy"),
-        ("fuzzing", "autointerp_fuzzing_balanced_accuracy"),
-        ("simulation", "autointerp_simulation_correlation"),
-        (CONTROL, "autointerp_detection_balanced_accuracy_shuffled"),
-    ):
-        out += _mean_std([v for _, v in scores(scorer)], name)
-        if scorer != CONTROL:
-            out += [MetricValue(name, v, latent) for latent, v in scores(scorer)]
-    out += _mean_std([v for _, v in scores("detection", "positive_fraction")], "autointerp_detection_positive_fraction")
-    scored = {r.latent for r in rows if r.status == "ok" and r.scorer != CONTROL}
+    for name, scorer in SCORERS.items():
+        for k, (attr, metric) in enumerate(scorer.produces):
+            out += _mean_std([v for _, v in scores(name, attr)], metric)
+            if k == 0:  # the headline score, per latent too
+                out += [MetricValue(metric, v, latent) for latent, v in scores(name, attr)]
+    out += _mean_std([v for _, v in scores(CONTROL)], CONTROL_METRIC)
+    scored = {r.latent for r in rows if r.status is Status.OK and r.scorer != CONTROL}
     parse_failures = sum(r.parse_failures for r in rows) + sum(e.parse_failures for e in explanations.values())
-    judged = sum(1 for r in rows if r.status in ("ok", "parse_failure") and r.explanation is not None)
-    judged += sum(1 for e in explanations.values() if e.status in ("ok", "parse_failure"))
+    judged = sum(1 for r in rows if r.status.judged and r.explanation is not None)
+    judged += sum(1 for e in explanations.values() if e.status.judged)
     out += [
         MetricValue("autointerp_scored_latents", float(len(scored))),
         MetricValue("autointerp_parse_failures", float(parse_failures)),
         MetricValue("autointerp_parse_failure_share", parse_failures / judged if judged else 0.0),
         MetricValue("autointerp_insufficient_latents", float(n_insufficient)),
-        MetricValue("autointerp_llm_errors", float(len({r.latent for r in rows if "llm_error" in r.status}))),
+        MetricValue("autointerp_llm_errors", float(len({r.latent for r in rows if r.status is Status.LLM_ERROR}))),
         MetricValue("autointerp_llm_requests", float(usage.requests)),
         MetricValue("autointerp_llm_prompt_tokens", float(usage.prompt_tokens)),
         MetricValue("autointerp_llm_completion_tokens", float(usage.completion_tokens)),

@@ -1,4 +1,5 @@
-"""Every prompt evalkit sends to an LLM, and the parsers of the replies. Written for evalkit (not copied).
+"""The explainer's prompt, snippet rendering, and the reply parsers; each scorer's own prompt lives with the scorer
+(autointerp.scorers). Written for evalkit (not copied).
 
 A parser returns None when a reply does not follow the requested format; callers count that as a parse failure
 and give no score, because a silently wrong score is worse than a missing one.
@@ -19,31 +20,6 @@ _EXPLAIN_SYSTEM = (
     "surrounding words into account when they matter. Reply with a single short phrase of at most "
     f"{MAX_EXPLANATION_WORDS} words describing when the latent is active, on one line starting with "
     "'Explanation:'. No other text."
-)
-
-
-_DETECTION_SYSTEM = (
-    "You check a description of a text pattern against numbered snippets. For each snippet decide "
-    "whether it contains text that the description applies to. Reply on one line starting with "
-    "'Answer:' followed by the numbers of the matching snippets separated by commas, or 'Answer: "
-    "none' if no snippet matches. No other text."
-)
-
-
-_FUZZING_SYSTEM = (
-    "You check a description of a text pattern against numbered snippets in which some tokens are "
-    "wrapped in <<double angle brackets>>. For each snippet decide whether the marked tokens are ones "
-    "the description applies to. Reply on one line starting with 'Answer:' followed by the numbers of "
-    "the snippets whose marked tokens match, separated by commas, or 'Answer: none'. No other text."
-)
-
-
-_SIMULATION_SYSTEM = (
-    "You predict how strongly a unit of a neural network responds to each token of some text "
-    "snippets, given a description of what the unit responds to. Each snippet is given as a numbered "
-    "list of tokens. For every snippet reply with one line 'Snippet N: ' followed by a JSON list of "
-    "integers from 0 (no response) to 10 (strongest response), one per token, in order. No other "
-    "text."
 )
 
 
@@ -69,36 +45,14 @@ def render_window(tokens: list[str], highlight: list[bool] | None = None) -> str
     return "".join(parts).replace("\n", "\\n")
 
 
-def _numbered(snippets: list[str]) -> str:
+def numbered(snippets: list[str]) -> str:
     return "\n".join(f"Snippet {k + 1}: {s}" for k, s in enumerate(snippets))
 
 
 def explain_messages(snippets: list[str]) -> list[Message]:
     return [
         {"role": "system", "content": _EXPLAIN_SYSTEM},
-        {"role": "user", "content": f"{_numbered(snippets)}\n\nWhat makes the latent active?"},
-    ]
-
-
-def detection_messages(explanation: str, snippets: list[str]) -> list[Message]:
-    return [
-        {"role": "system", "content": _DETECTION_SYSTEM},
-        {"role": "user", "content": f"Description: {explanation}\n\n{_numbered(snippets)}"},
-    ]
-
-
-def fuzzing_messages(explanation: str, snippets: list[str]) -> list[Message]:
-    return [
-        {"role": "system", "content": _FUZZING_SYSTEM},
-        {"role": "user", "content": f"Description: {explanation}\n\n{_numbered(snippets)}"},
-    ]
-
-
-def simulation_messages(explanation: str, token_lists: list[list[str]]) -> list[Message]:
-    blocks = [f"Snippet {k + 1}: {[t for t in toks]!r}" for k, toks in enumerate(token_lists)]
-    return [
-        {"role": "system", "content": _SIMULATION_SYSTEM},
-        {"role": "user", "content": f"Description: {explanation}\n\n" + "\n".join(blocks)},
+        {"role": "user", "content": f"{numbered(snippets)}\n\nWhat makes the latent active?"},
     ]
 
 

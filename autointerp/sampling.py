@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from autointerp.config import AutointerpConfig
+from autointerp.status import Status
 from evalkit.core.errors import EvalkitInputError
 from evalkit.core.records import token_key
 from metrics.base import State, StateValue, token_priority
@@ -72,7 +73,7 @@ class LatentExamples:
     """Active windows reserved for scoring (top + importance-weighted)."""
     random: tuple[Window, ...] = ()
     """Uniformly random windows for scoring, labelled by their own activations."""
-    status: str = "ok"
+    status: Status = Status.OK
     """ok, insufficient_examples or dead."""
     reason: str = ""
 
@@ -379,7 +380,7 @@ class ExampleCollector:
         max_act = float(self._max_F[i])
         threshold = c.active_frac * max_act
         if max_act <= 0:
-            return LatentExamples(latent, 0, 0.0, 0.0, status="dead", reason="never fired")
+            return LatentExamples(latent, 0, 0.0, 0.0, status=Status.DEAD, reason="never fired")
         firings = self._firings(i, threshold)
         top = [w for _, w in self._top.windows_of(i, "top") if w.max_act > threshold]
         top.sort(key=lambda w: -w.max_act)
@@ -390,7 +391,9 @@ class ExampleCollector:
                 if firings < c.min_firings
                 else f"only {len(top)} non-overlapping top windows (< {c.n_top_total})"
             )
-            return LatentExamples(latent, firings, max_act, threshold, status="insufficient_examples", reason=reason)
+            return LatentExamples(
+                latent, firings, max_act, threshold, status=Status.INSUFFICIENT_EXAMPLES, reason=reason
+            )
         rng = np.random.default_rng([c.seed, latent, 1])
         held_top_idx = set(rng.choice(len(top), size=c.n_top_score, replace=False).tolist())
         floor = min(w.max_act for w in top)

@@ -11,10 +11,11 @@ import pytest
 from helpers.planted_autointerp import N_PLANTED, RARE_LATENT, VOCAB, decode, planted_examples
 
 from autointerp.config import AutointerpConfig
-from autointerp.judges import BaselineJudge, Snippet, named_tokens, quote_token
+from autointerp.judges import BaselineJudge, Question, Snippet, matching_snippets, named_tokens, quote_token
 from autointerp.pipeline import CONTROL, config_for_mode, example_records, run_autointerp
 from autointerp.prompts import parse_explanation, parse_selection, parse_simulation, render_window
 from autointerp.scorers import balanced_accuracy
+from autointerp.status import Status
 from evalkit.core.errors import EvalkitInputError
 
 
@@ -97,10 +98,12 @@ def test_baseline_judge_matches_named_tokens_only() -> None:
     tricky = ['"', "\\", ",", "it's"]
     assert named_tokens("the tokens " + ", ".join(quote_token(t) for t in tricky)) == set(tricky)
     snippets = [Snippet(("a", "cat", "sat")), Snippet(("a", "dog", "sat"), (False, True, False))]
-    verdict = asyncio.run(BaselineJudge().select("detection", 'the tokens "dog"', snippets))
-    assert verdict.selected == {1}
-    fuzz = asyncio.run(BaselineJudge().select("fuzzing", 'the tokens "sat"', snippets))
-    assert fuzz.selected == set()  # "sat" is present but not highlighted
+    assert matching_snippets('the tokens "dog"', snippets, highlighted_only=False) == {1}
+    assert matching_snippets('the tokens "sat"', snippets, highlighted_only=True) == set()  # present, not marked
+    # The judge answers any scorer's question with the question's own offline answer; one call, no task names.
+    question = Question([], lambda reply: None, lambda: frozenset({7}), ("any", "explanation"))
+    verdict = asyncio.run(BaselineJudge().ask(question))
+    assert verdict.status is Status.OK and verdict.answer == {7} and verdict.prompt_hash
 
 
 def test_prompt_rendering_and_parsers() -> None:

@@ -7,64 +7,22 @@ so every latent the faults leave alone must score exactly 1.
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import csv
 import email.utils
 import logging
-import re
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers.llm_server import Fault, LLMServer
 from helpers.planted_autointerp import N_PLANTED, VOCAB, decode, planted_examples
+from helpers.scripted_llm import EXPLAIN_SYSTEM, KEY, MODEL, llm_config, scripted_llm
 
-from autointerp import prompts
 from autointerp.client import LLMClient, LLMRequestError, _retry_after_seconds
 from autointerp.config import AutointerpConfig
-from autointerp.pipeline import CONTROL, config_for_mode, run_autointerp
-
-EXPLAIN_SYSTEM = prompts.explain_messages([])[0]["content"]
-FUZZING_SYSTEM = prompts.fuzzing_messages("", [])[0]["content"]
-SIMULATION_SYSTEM = prompts.simulation_messages("", [])[0]["content"]
-KEY = "sk-evalkit-test-7Hq2ZpL9"
-MODEL = "scripted-model"
-
-
-def scripted_llm(body: dict[str, Any]) -> str:
-    system, user = body["messages"][0]["content"], body["messages"][-1]["content"]
-    if system == EXPLAIN_SYSTEM:
-        word = Counter(" ".join(re.findall(r"<<(.+?)>>", user)).split()).most_common(1)[0][0]
-        return f"Explanation: the word {word}"
-    word = re.search(r"Description: the word (\S+)", user).group(1)  # type: ignore[union-attr]
-    if system == SIMULATION_SYSTEM:
-        lists = [ast.literal_eval(m) for m in re.findall(r"Snippet \d+: (\[.*\])", user)]
-        return "\n".join(f"Snippet {k + 1}: {[10 if t == word else 0 for t in toks]}" for k, toks in enumerate(lists))
-    chosen = []
-    for k, text in re.findall(r"Snippet (\d+): (.*)", user):
-        runs = re.findall(r"<<(.+?)>>", text) if system == FUZZING_SYSTEM else [text]
-        marked = " ".join(runs).split()
-        if word in marked and (system != FUZZING_SYSTEM or set(marked) == {word}):
-            chosen.append(k)
-    return "Answer: " + (", ".join(chosen) if chosen else "none")
-
-
-def llm_config(base_url: str, **kw: Any) -> AutointerpConfig:
-    base = dict(
-        base_url=base_url,
-        explainer_model=MODEL,
-        scorer_model=MODEL,
-        timeout_s=5.0,
-        backoff_base_s=0.01,
-        max_retries=2,
-        prices={MODEL: (1000.0, 1000.0)},
-    )
-    config = config_for_mode("llm", **{**base, **kw})
-    assert config is not None
-    return config
+from autointerp.pipeline import CONTROL, run_autointerp
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,9 @@ without anyone asking.
 - every metric × every variant test factory: it runs, emits exactly the names it declares (metrics.base.check_emitted)
   and its per-latent values index latents of this SAE;
 - every SAE variant: its alignment slope and norm exponent come from the variant (one value per latent, finite);
-- every loader format: it reads back an example saved in that format.
+- every loader format: it reads back an example saved in that format;
+- every autointerp scorer × every judge: it scores the planted latents (status ok) and its declared metrics reach
+  the results.
 """
 
 from __future__ import annotations
@@ -14,7 +16,15 @@ from typing import Any
 
 import pytest
 import torch
+from helpers.llm_server import LLMServer
+from helpers.planted_autointerp import decode, planted_examples
+from helpers.scripted_llm import llm_config, scripted_llm
 
+from autointerp.config import AutointerpConfig
+from autointerp.judges import JUDGES
+from autointerp.pipeline import config_for_mode, run_autointerp
+from autointerp.scorers import SCORERS
+from autointerp.status import Status
 from evalkit.core.records import EvalContext, MetricValue, SaeBatch
 from evalkit.sae.factory import make_sae, variant_factories, write_dictionary_learning, write_sparsify
 from evalkit.sae.loaders.formats import FORMATS, load_saes
@@ -145,3 +155,26 @@ def test_every_loader_reads_a_saved_example(fmt: str, tmp_path: Path) -> None:
     x_TD = _acts()
     with torch.no_grad():
         assert loaded.sae.decode(loaded.sae.encode(x_TD)).shape == x_TD.shape
+
+
+@pytest.fixture(scope="module")
+def planted() -> dict[int, Any]:
+    return planted_examples(AutointerpConfig())
+
+
+@pytest.mark.parametrize("judge", list(JUDGES))
+@pytest.mark.parametrize("scorer", list(SCORERS))
+def test_every_scorer_runs_with_every_judge(scorer: str, judge: str, planted: dict[int, Any], tmp_path: Path) -> None:
+    settings: dict[str, Any] = {"scorers": (scorer,), "judge": judge, "shuffled_control": False, "latents": (0, 1)}
+    if judge == "llm":
+        with LLMServer(scripted_llm) as srv:
+            result = run_autointerp(planted, decode, llm_config(srv.base_url, **settings), tmp_path)
+    else:
+        config = config_for_mode("baseline", **settings)
+        assert config is not None
+        result = run_autointerp(planted, decode, config, tmp_path)
+    rows = [r for r in result.rows if r.scorer == scorer]
+    assert [r.latent for r in rows] == [0, 1]
+    assert all(r.status is Status.OK and r.score is not None for r in rows), rows
+    emitted = {m.metric for m in result.metrics}
+    assert {metric for _, metric in SCORERS.get(scorer).produces} <= emitted

@@ -89,6 +89,9 @@ def run_request(out_dir: Path, zoo_dir: Path, world: World, force: bool = False)
     )
 
 
+STAGES = ("world", "zoo", "evaluation", "report")
+
+
 def _stage(stage: str, what: str, *args: object) -> None:
     log.info(f"demo: stage %d/%d, %s: {what}", STAGES.index(stage) + 1, len(STAGES), stage, *args)
 
