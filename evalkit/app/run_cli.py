@@ -372,12 +372,11 @@ def _run(req: RunRequest) -> int:
     from evalkit.core.io import sweep_temp_files
     from evalkit.engine.outlock import OutputLock
     from evalkit.engine.preflight import prepare_output
-    from metrics.base import GROUPS, load_metric_modules, select_metrics
+    from metrics.base import GROUPS, select_metrics
 
     t0 = time.perf_counter()
     settings = req.settings()
     check_executor(req)
-    failed = load_metric_modules()
     # Group order (core, downstream, sparsity, ...) makes summary.csv read headline-first.
     specs = sorted(select_metrics(req.metrics), key=lambda s: GROUPS.index(s.group))
     if not specs and req.autointerp == "off" and "autointerp" not in req.metrics:
@@ -385,7 +384,7 @@ def _run(req: RunRequest) -> int:
     prepare_output(req.out)  # seconds, before anything is loaded: a read-only --out fails here
     with OutputLock(req.out, wait=req.wait):
         sweep_temp_files(Path(req.out))
-        return _locked_run(req, settings, specs, failed, t0)
+        return _locked_run(req, settings, specs, t0)
 
 
 def _preflight(
@@ -421,7 +420,7 @@ def _preflight(
     )
 
 
-def _locked_run(req: RunRequest, settings: EvalSettings, specs: list[MetricSpec], failed: list[str], t0: float) -> int:
+def _locked_run(req: RunRequest, settings: EvalSettings, specs: list[MetricSpec], t0: float) -> int:
     from evalkit.app.run_autointerp import AutointerpStage
     from evalkit.core.io import atomic_write_text
     from evalkit.engine.outputs import SaeOutput, write_outputs
@@ -432,7 +431,7 @@ def _locked_run(req: RunRequest, settings: EvalSettings, specs: list[MetricSpec]
     stage = AutointerpStage(req, settings, store, saes, sources, hook_of) if req.autointerp != "off" else None
     runner = make_runner(req, settings, specs, store, [stage.observer] if stage else [])
     outcome = runner.run(saes, sources, req.explicit_groups(), hook_of)
-    notes = [f"metric module metrics.{m} failed to import" for m in failed]
+    notes: list[str] = []
     if stage is not None:
         n_tokens = {h: d.ctx.n_tokens for h, d in outcome.hooks.items()}
         shards, autointerp_csv, stop_notes = stage.finish(saes, hook_of, n_tokens)
