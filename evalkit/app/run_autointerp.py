@@ -170,7 +170,8 @@ def recorded_latents(examples: dict[int, LatentExamples], result: AutointerpResu
 
 def decoder(source: DataSource) -> Decode:
     """Token ids to display strings: the model's tokenizer when there is one, else the ids themselves."""
-    tokenizer = getattr(source.model, "tokenizer", None)
+    # transformer-lens models built without one (a bare config) have tokenizer None.
+    tokenizer = source.model.tokenizer if source.model is not None else None
     if tokenizer is None:
         return lambda ids: [str(i) for i in ids]
     return lambda ids: [str(t) for t in tokenizer.convert_ids_to_tokens([int(i) for i in ids])]

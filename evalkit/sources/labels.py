@@ -131,12 +131,6 @@ class LabelledSource:
     def has_tokens(self) -> bool:
         return self.source.has_tokens
 
-    def __getattr__(self, name: str) -> object:
-        # model, hook_name, layer, token_batches... of a wrapped ModelSource stay reachable.
-        if name == "source":  # not set yet (e.g. during copying): no recursion
-            raise AttributeError(name)
-        return getattr(self.source, name)
-
     def __iter__(self) -> Iterator[ActivationBatch]:
         return self.iter_from(0)
 
