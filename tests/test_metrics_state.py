@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load, save
 
 from evalkit.core.records import EvalContext, SaeBatch, token_key
-from evalkit.sae.factory import VARIANT_FACTORIES, make_sae
+from evalkit.sae.factory import make_sae, variant_factories
 from metrics.afa import TokenReservoir
 from metrics.base import METRICS, MetricSpec, load_metric_modules, pack_state, unpack_state
 from metrics.downstream import EXTRA_KEYS  # the runner's per-token extras (a data contract, not a metric)
@@ -29,7 +29,7 @@ load_metric_modules()
 SAMPLER_CAPS = ("metrics.afa.SAMPLE_TOKENS", "metrics.probing.MAX_PER_CLASS")
 """Capacities of the seeded samplers in metrics (a new sampler adds its cap here to be tested evicting)."""
 STREAM_METRICS = [spec for _, spec in METRICS.items() if spec.kind == "stream"]
-VARIANTS = list(VARIANT_FACTORIES)
+VARIANTS = list(variant_factories())
 D_IN, D_SAE, SEQ_LEN, SEQ_PER_BATCH, N_BATCHES = 8, 16, 12, 2, 6
 LABEL_NAMES = ("even_latent", "random")
 

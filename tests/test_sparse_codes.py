@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from evalkit.core.records import EvalContext, SaeBatch, SparseCodes
-from evalkit.sae.factory import VARIANT_FACTORIES, make_sae
+from evalkit.sae.factory import make_sae, variant_factories
 from evalkit.sae.score import fires_on_pairs
 from metrics.norm import NormDetectors
 
@@ -31,7 +31,7 @@ def test_sparse_codes_count_and_sum_like_the_dense_codes() -> None:
     assert torch.equal(sparse_codes_of(torch.zeros(4, 6)).latent_counts(), torch.zeros(6, dtype=torch.int64))
 
 
-@pytest.mark.parametrize("variant", sorted(name for name, _ in VARIANT_FACTORIES.items()))
+@pytest.mark.parametrize("variant", sorted(variant_factories()))
 def test_fires_on_pairs_equals_encoding_where_it_answers(variant: str) -> None:
     sae = make_sae(variant, d_in=16, d_sae=48, seed=1)
     x_TD = torch.randn(64, 16, generator=torch.Generator().manual_seed(2)) * 3
