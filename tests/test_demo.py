@@ -181,7 +181,13 @@ def test_demo_request_is_the_run_commands(tmp_path: Path) -> None:
     assert (req.out, req.force, req.world) == (tmp_path / "out", True, world)
     # Every other field is what `evalkit run` defaults to.
     cli = RunRequest.from_args(build_parser().parse_args(["run", "--sae", str(tmp_path / "zoo")]))
-    assert replace(req, out=cli.out, metrics=cli.metrics, autointerp=cli.autointerp, force=False, world=None) == cli
+    # (no_report: the demo writes report.html itself, as its own timed stage)
+    assert (
+        replace(
+            req, out=cli.out, metrics=cli.metrics, autointerp=cli.autointerp, force=False, world=None, no_report=False
+        )
+        == cli
+    )
 
 
 def test_demo_is_a_cli_command(capsys: pytest.CaptureFixture[str]) -> None:
