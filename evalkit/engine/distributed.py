@@ -215,7 +215,7 @@ class DistributedRunner(Runner):
                 for part in parts[1:]:
                     acc.merge(restore(factory, s.sae, data.ctx, part))
                 shard = stream_shard(spec, keys[(s.sae_id, entry)], acc, data.ctx)
-                self._save(shard)
+                self._save(shard, spec, s.d_sae)
                 results[s.sae_id].shards.append(shard)
             self._run_weights(s, data, results[s.sae_id], s.sae_id in grouped_ids)
             results[s.sae_id].shards.sort(key=lambda sh: self._order(sh.key.entry))
