@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from autointerp.pipeline import CONTROL
 from reports.load import RunTables, read_examples
 from reports.views import CardView, Section, TokenView, fmt
 
@@ -38,6 +39,8 @@ def _explanations(autointerp: pd.DataFrame | None, sae_id: str, latent: int) -> 
     if autointerp is None or "explanation" not in autointerp.columns:
         return []
     rows = autointerp[(autointerp["sae_id"] == sae_id) & (autointerp["latent"] == latent)]
+    # Control rows score this latent with *another* latent's explanation: never shown as this latent's own.
+    rows = rows[rows["scorer"].astype(str) != CONTROL]
     model = rows["model"].fillna("").astype(str) if "model" in rows.columns else pd.Series("", index=rows.index)
     out = []
     for (m, explanation), g in rows.assign(model=model).groupby(["model", "explanation"], sort=True):
@@ -46,12 +49,23 @@ def _explanations(autointerp: pd.DataFrame | None, sae_id: str, latent: int) -> 
     return out
 
 
+def surface_text(tokens: list[str]) -> list[str]:
+    """Each token as it reads in the text. Sub-word tokenizers' tokens carry their own spaces (" word"); a
+    word-level tokenizer's do not, and its words are separated by one space (the rule autointerp's prompts use)."""
+    if any(t[:1].isspace() for t in tokens):
+        return tokens
+    return [t if i == 0 else " " + t for i, t in enumerate(tokens)]
+
+
 def _windows(examples: pd.DataFrame, latent: int) -> list[list[TokenView]]:
     top = examples[(examples["latent"] == latent) & (examples["kind"] == "top")].head(WINDOWS_PER_CARD)
     peak = max((max(a, default=0.0) for a in top["activations"]), default=0.0)
     scale = peak if peak > 0 and math.isfinite(peak) else 1.0
     return [
-        [TokenView(t, float(min(max(a / scale, 0.0), 1.0)), float(a)) for t, a in zip(toks, acts, strict=False)]
+        [
+            TokenView(t, float(min(max(a / scale, 0.0), 1.0)), float(a))
+            for t, a in zip(surface_text(list(toks)), acts, strict=False)
+        ]
         for toks, acts in zip(top["tokens"], top["activations"], strict=True)
     ]
 
@@ -74,9 +88,8 @@ def cards_section(tables: RunTables, seed: int = 0) -> Section:
     section = Section(
         "cards",
         "Feature cards",
-        "A seeded sample of latents: top-activating windows (token shade ∝ activation), stored per-latent "
-        "metrics, "
-        "explanations and scores.",
+        "A seeded sample of latents: top-activating windows as written (token shade ∝ activation; hover a token "
+        "for its value), stored per-latent metrics, and the latent's own explanation with its scores.",
     )
     missing = []
     for sae_id in sorted(tables.saes.index):

@@ -1,8 +1,17 @@
-"""report.html: one self-contained file (plotly.js inlined once, figures as JSON), rendered by jinja2 with
-autoescape on, so every string from the data arrives in the page as text."""
+"""report.html: one self-contained file, rendered by jinja2 with autoescape on, so every string from the data
+arrives in the page as text.
+
+plotly.js is inlined once: its official "basic" partial bundle (scatter and bar traces, the only ones the report
+draws; plotly.js-basic-dist-min 4.1.1, MIT, the same plotly.js version the plotly package ships), stored gzipped
+in reports/assets and base64-encoded into the page (0.5 MB instead of the full bundle's 4.8 MB, which also took
+seconds to evaluate). The page inflates it with the browser's own DecompressionStream: no network. Figures are
+plain JSON blocks (sampled and rounded by reports/plots.py).
+"""
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 import logging
 import math
@@ -21,11 +30,12 @@ from evalkit.core.io import atomic_write_text, evalkit_version
 from reports.cards import cards_section
 from reports.claims import claims_table, write_claims
 from reports.differences import compute_differences, write_differences
+from reports.distributions import DETAIL_BUILDERS
 from reports.load import RunTables, load_run
 from reports.matched import build_families, compute_matched, write_matched
 from reports.plots import Figure
-from reports.sections import SECTION_BUILDERS, ReportData
-from reports.views import Section
+from reports.sections import ReportData, overview_builders
+from reports.views import FigureView, Section
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +50,24 @@ class RenderedSection:
     notes: list[str]
     tables: list[object]
     cards: list[object]
-    figure_json: list[tuple[str, Markup]]
+    figures: list[tuple[FigureView, Markup]]
+    switch_label: str
+
+
+PLOTLY_BUNDLE = "plotly-basic-4.1.1.min.js.gz"
+PLOTTED_TRACE_TYPES = frozenset({"scatter", "bar"})
+"""What the basic bundle draws; every figure the report builds uses only these (tests check it)."""
 
 
 @lru_cache(maxsize=1)
-def plotly_bundle() -> str:
-    """plotly.js from the installed plotly package (its offline bundle), made safe to sit inside <script>."""
-    from plotly.offline import get_plotlyjs
+def plotly_bundle_gz_b64() -> str:
+    """The gzipped basic bundle, base64-encoded for the page."""
+    return base64.b64encode(files("reports").joinpath("assets", PLOTLY_BUNDLE).read_bytes()).decode()
 
-    return get_plotlyjs().replace("</script", "<\\/script")
+
+def plotly_bundle() -> str:
+    """plotly.js as text (the inflated bundle)."""
+    return gzip.decompress(base64.b64decode(plotly_bundle_gz_b64())).decode("utf-8")
 
 
 def _asset(name: str) -> str:
@@ -84,7 +103,8 @@ def _render_section(section: Section) -> RenderedSection:
         notes=section.notes,
         tables=list(section.tables),
         cards=list(section.cards),
-        figure_json=[(fig_id, figure_json(fig)) for fig_id, fig in section.figures],
+        figures=[(view, figure_json(view.figure)) for view in section.figures],
+        switch_label=section.switch_label,
     )
 
 
@@ -98,6 +118,17 @@ def _environment() -> jinja2.Environment:
     )
 
 
+def _token_counts(tables: RunTables) -> str:
+    """'4,096 evaluation tokens' (or a range over SAEs), from the results' n_tokens column."""
+    if "n_tokens" not in tables.results.columns:
+        return ""
+    n = pd.to_numeric(tables.results["n_tokens"], errors="coerce").dropna()
+    if n.empty:
+        return ""
+    lo, hi = int(n.min()), int(n.max())
+    return f"{lo:,} evaluation tokens" if lo == hi else f"{lo:,}–{hi:,} evaluation tokens"
+
+
 def render_report(
     tables: RunTables,
     matched: pd.DataFrame,
@@ -107,8 +138,11 @@ def render_report(
 ) -> str:
     """The page's HTML; `source_labels` name the folders read (default: their paths as given); `differences` are
     the pairwise family differences with intervals (reports.differences)."""
-    data = ReportData(tables, build_families(tables), matched, match_by, differences)
-    sections = [builder(data) for builder in SECTION_BUILDERS] + [cards_section(tables)]
+    data = ReportData(
+        tables=tables, families=build_families(tables), matched=matched, match_by=match_by, differences=differences
+    )
+    builders = (*overview_builders(), *DETAIL_BUILDERS)
+    sections = [builder(data) for builder in builders] + [cards_section(tables)]
     return (
         _environment()
         .get_template("report.html.j2")
@@ -120,7 +154,8 @@ def render_report(
             sections=[_render_section(s) for s in sections],
             css=Markup(_asset("report.css")),
             report_js=Markup(_asset("report.js")),
-            plotly_js=Markup(plotly_bundle()),
+            plotly_gz=Markup(plotly_bundle_gz_b64()),
+            n_tokens=_token_counts(tables),
         )
     )
 
@@ -145,6 +180,7 @@ def write_report(
     path = out / "report.html"
     # Folders named relative to the report: the page moves with its folder, and a resumed run writes the same bytes.
     labels = [os.path.relpath(d, out) for d in tables.dirs]
+    labels = ["this folder" if label == "." else label for label in labels]
     atomic_write_text(path, render_report(tables, matched, by, labels, differences))
     log.info("report: %s", path)
     return path

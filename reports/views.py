@@ -18,14 +18,30 @@ class TableView:
     caption: str = ""
     sortable: bool = False
     css_id: str = ""
+    subheaders: list[str] = field(default_factory=list)
+    """Per column, a second header line (direction arrow and unit); empty strings where there is none."""
+    marks: list[list[str]] = field(default_factory=list)
+    """Per cell, a CSS class ('best' for a column's best value, '' otherwise)."""
+    choice: str = ""
+    """Label of this table in its section's switch (only one table of a switch is shown at a time)."""
 
 
 @dataclass
 class TokenView:
     text: str
+    """The token as it reads in the text, leading space included."""
     intensity: float
     """Activation relative to the latent's max over the shown windows, 0..1."""
     activation: float
+
+    @property
+    def lead(self) -> str:
+        """Leading whitespace, drawn outside the token's shading."""
+        return self.text[: len(self.text) - len(self.text.lstrip())]
+
+    @property
+    def core(self) -> str:
+        return self.text.lstrip() or self.text
 
 
 @dataclass
@@ -39,15 +55,31 @@ class CardView:
 
 
 @dataclass
+class FigureView:
+    """One plot: an HTML header (title, and a selector when the figure holds one SAE at a time) above it."""
+
+    id: str
+    title: str
+    figure: Figure
+    options: list[str] = field(default_factory=list)
+    """Selector entries (SAE ids), in figure trace-group order; empty when the figure shows everything."""
+    initial: int = 0
+    """The entry shown first: the most informative one, not merely the first."""
+    note: str = ""
+
+
+@dataclass
 class Section:
     id: str
     title: str
     intro: str = ""
-    figures: list[tuple[str, Figure]] = field(default_factory=list)
+    figures: list[FigureView] = field(default_factory=list)
     tables: list[TableView] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     """What is absent and why: shown instead of crashing."""
     cards: list[CardView] = field(default_factory=list)
+    switch_label: str = ""
+    """When set, the section's tables are alternatives (one shown, chosen by a selector labelled so)."""
 
 
 def fmt(value: object) -> str:
@@ -67,6 +99,10 @@ def fmt(value: object) -> str:
     return str(value)
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def sort_key(value: object) -> str:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return repr(float(value)) if math.isfinite(float(value)) else ""
@@ -74,7 +110,14 @@ def sort_key(value: object) -> str:
 
 
 def table_view(
-    headers: list[str], rows: list[list[object]], caption: str = "", sortable: bool = False, css_id: str = ""
+    headers: list[str],
+    rows: list[list[object]],
+    caption: str = "",
+    sortable: bool = False,
+    css_id: str = "",
+    subheaders: list[str] | None = None,
+    marks: list[list[str]] | None = None,
+    choice: str = "",
 ) -> TableView:
     return TableView(
         headers=headers,
@@ -83,4 +126,10 @@ def table_view(
         caption=caption,
         sortable=sortable,
         css_id=css_id,
+        subheaders=subheaders or [],
+        marks=[
+            [" ".join(c for c in (("num" if _is_number(v) else ""), m) if c) for v, m in zip(row, mrow, strict=True)]
+            for row, mrow in zip(rows, marks or [["" for _ in row] for row in rows], strict=True)
+        ],
+        choice=choice,
     )

@@ -10,6 +10,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from helpers.demo import small_demo  # noqa: E402,F401  (a session fixture: test_demo and test_browser share one demo)
 
 from evalkit.sae.registration import ensure_registered  # noqa: E402
 

@@ -11,23 +11,23 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers.demo import DemoRuns
 from helpers.saebench import validate_with_saebench
 from sae_lens import SAE
 from safetensors import safe_open
 
 from evalkit.app.cli import build_parser, main
-from evalkit.app.demo import DemoResult, run_demo, run_request
+from evalkit.app.demo import run_demo, run_request
 from evalkit.app.request import RunRequest
 from evalkit.engine.saebench import check_required_keys
 from evalkit.sae.factory import make_sae
-from evalkit.world.build import World, build_world, hook_activations
+from evalkit.world.build import World, hook_activations
 from evalkit.world.model import load_world_model
 
 RESULTS_COLUMNS = [
@@ -42,14 +42,6 @@ GROUP_REPRESENTATIVES = (
 )  # fmt: skip
 
 
-@dataclass
-class DemoRuns:
-    world: World
-    first: DemoResult
-    second: DemoResult
-    first_results_csv: bytes
-
-
 def _read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
@@ -62,18 +54,6 @@ def _sae_value(rows: list[dict[str, str]], sae_id: str, metric: str) -> float:
 
 def _zoo_ids(zoo_dir: Path) -> set[str]:
     return {p.name for p in zoo_dir.iterdir() if (p / "cfg.json").is_file()}
-
-
-@pytest.fixture(scope="module")
-def small_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRuns]:
-    """The small-size demo from an empty cache, run twice into one folder."""
-    root = tmp_path_factory.mktemp("demo")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EVALKIT_CACHE", str(root / "cache"))
-        first = run_demo(root / "out", size="small")
-        first_csv = (root / "out" / "results.csv").read_bytes()
-        second = run_demo(root / "out", size="small")
-        yield DemoRuns(build_world(size="small"), first, second, first_csv)
 
 
 def _eval_activations(world: World) -> torch.Tensor:

@@ -169,9 +169,16 @@ def recorded_latents(examples: dict[int, LatentExamples], result: AutointerpResu
 
 
 def decoder(source: DataSource) -> Decode:
-    """Token ids to display strings: the model's tokenizer when there is one, else the ids themselves."""
-    # transformer-lens models built without one (a bare config) have tokenizer None.
-    tokenizer = source.model.tokenizer if source.model is not None else None
+    """Token ids to the text each token contributes (" word" for a sub-word tokenizer's word-initial token, not its
+    raw vocabulary entry "Ġword"): the model's tokenizer when there is one, else the ids themselves."""
+    tokenizer = getattr(source.model, "tokenizer", None)
     if tokenizer is None:
         return lambda ids: [str(i) for i in ids]
-    return lambda ids: [str(t) for t in tokenizer.convert_ids_to_tokens([int(i) for i in ids])]
+    cache: dict[int, str] = {}
+
+    def text(i: int) -> str:
+        if i not in cache:
+            cache[i] = str(tokenizer.decode([i], clean_up_tokenization_spaces=False))
+        return cache[i]
+
+    return lambda ids: [text(int(i)) for i in ids]
