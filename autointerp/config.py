@@ -1,4 +1,4 @@
-"""Every knob of the autointerp stage in one dataclass; defaults follow AUTOINTERP.md (SAEBench's counts)."""
+"""Every knob of the autointerp stage in one dataclass; defaults follow docs/autointerp.md (SAEBench's counts)."""
 
 from __future__ import annotations
 

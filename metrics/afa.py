@@ -195,7 +195,7 @@ def unit_rows(W_FD: torch.Tensor) -> torch.Tensor:
 
 
 DUPLICATE_COSINE = 0.99
-"""Two unit decoder rows with |cos| above this count as a duplicate pair (METRICS.md, evalkit)."""
+"""Two unit decoder rows with |cos| above this count as a duplicate pair (docs/metrics.md, evalkit)."""
 
 
 def decoder_eps(W_dec_FD: torch.Tensor, block: int = DECODER_BLOCK) -> tuple[float, float]:

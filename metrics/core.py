@@ -26,7 +26,7 @@ def _finite(values: list[MetricValue]) -> list[MetricValue]:
     produces=("mse", "fvu", "explained_variance", "explained_variance_legacy", "explained_variance_saebench"),
 )
 class Reconstruction:
-    """Squared-error metrics; the three explained-variance formulas of METRICS.md side by side."""
+    """Squared-error metrics; the three explained-variance formulas of docs/metrics.md side by side."""
 
     def __init__(self, sae: object, ctx: EvalContext) -> None:
         self.n_tokens = 0

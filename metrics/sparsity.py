@@ -10,7 +10,7 @@ from evalkit.core.records import EvalContext, MetricValue, SaeBatch
 from metrics.base import State, StateValue, stream_metric
 
 DENSE_THRESHOLD = 0.1
-"""A latent firing on more than this share of tokens counts as dense (METRICS.md)."""
+"""A latent firing on more than this share of tokens counts as dense (docs/metrics.md)."""
 
 
 @stream_metric(

@@ -1,4 +1,4 @@
-"""Read one or several output folders (CONTRACT.md "Output folder") into typed tables; computes no metric.
+"""Read one or several output folders (docs/cli.md "Output folder") into typed tables; computes no metric.
 
 Besides the CONTRACT files, two optional artefacts feed the report:
 - `DIR/examples/<file_stem(sae_id)>.jsonl`: one JSON object per activating window,
@@ -177,7 +177,7 @@ def _merge_results(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def family_labels(saes: pd.DataFrame) -> pd.Series:
-    """A family is one architecture (+ aligned flag) at one hook and width (METRICS.md).
+    """A family is one architecture (+ aligned flag) at one hook and width (docs/metrics.md).
 
     The label is results.csv's `family` value — evalkit writes `{architecture}[+aligned]|{hook}|{d_sae}`,
     which is already one family — or the architecture when empty. `@hook` is added only when one such name

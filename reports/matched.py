@@ -1,4 +1,4 @@
-"""Matched reconstruction (METRICS.md): compare SAE families at equal reconstruction, never at equal
+"""Matched reconstruction (docs/metrics.md): compare SAE families at equal reconstruction, never at equal
 hyperparameters.
 
 The one computation reports do: linear interpolation of stored SAE-level metrics between the two SAEs (or

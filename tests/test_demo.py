@@ -91,7 +91,7 @@ def test_demo_writes_every_contract_output(small_demo: DemoRuns) -> None:
 
 def test_demo_runs_every_metric_group_on_every_zoo_sae(small_demo: DemoRuns) -> None:
     out, zoo_ids = small_demo.first.out_dir, _zoo_ids(small_demo.first.zoo_dir)
-    # WORLD.md's zoo: every variant, sweeps and seed replicas.
+    # docs/world.md's zoo: every variant, sweeps and seed replicas.
     assert len(zoo_ids) >= 20
     run = json.loads((out / "run.json").read_text())
     assert (run["config"]["autointerp"], run["config"]["sae"]) == (

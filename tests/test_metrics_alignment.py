@@ -108,7 +108,7 @@ def test_gated_uses_magnitude_path() -> None:
 
 
 def test_cosine_slope_matches_its_score() -> None:
-    """For x_c = c·d_i at norm m, the cosine score rises by c·α_i from its bias (METRICS.md's slope)."""
+    """For x_c = c·d_i at norm m, the cosine score rises by c·α_i from its bias (docs/metrics.md's slope)."""
     from evalkit.sae.score import score
     from evalkit.sae.variants.cosine import CosineSAE, CosineSAEConfig
 

@@ -1,6 +1,6 @@
 """Loaders: every format gives the same SAE as the equivalent hand-built sae-lens SAE; identities; bad inputs.
 
-The dictionary_learning and sparsify files are written here from their documented key layouts (VARIANTS.md,
+The dictionary_learning and sparsify files are written here from their documented key layouts (docs/variants.md,
 sparsify SparseCoder.save_to_disk), never by those libraries.
 """
 

@@ -1,4 +1,4 @@
-"""`evalkit run`: evaluate SAEs and write the output folder (CONTRACT.md)."""
+"""`evalkit run`: evaluate SAEs and write the output folder (docs/cli.md)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from evalkit.app.executors import add_executor_args, check_executor, execution_i
 from evalkit.app.request import RunRequest, batch_tokens
 from evalkit.core.defaults import DEFAULT_BATCH_TOKENS, DEFAULT_STDERR_BLOCKS, DTYPE_NAMES
 from evalkit.core.errors import EvalkitInputError
+from evalkit.core.hub import cached_repo, missing_from_cache, offline, prepare_hub, saelens_repo
 
 # Everything heavy (torch, sae-lens, the engine, the metrics) is imported inside the functions that run, so
 # `evalkit run --help` answers in well under a second (tests/test_app_startup.py).
@@ -209,7 +210,7 @@ def _adapt(source: ActivationSource, hook: str) -> DataSource:
 def resolve_sources(
     req: RunRequest, saes: Sequence[SaeLike], failures: list[EvalkitInputError] | None = None
 ) -> tuple[dict[str, DataSource], dict[str, str]]:
-    """The data for each hook and the hook each SAE is evaluated at, in CONTRACT.md's order of precedence:
+    """The data for each hook and the hook each SAE is evaluated at, in docs/cli.md's order of precedence:
     --activations, then a model (--model/--hook/--dataset, defaults from the SAE configs), then the embedded
     world."""
     from evalkit.sources.factory import open_source
@@ -360,6 +361,11 @@ def run_command(args: argparse.Namespace) -> int:
 
 def run(req: RunRequest) -> int:
     """Evaluate what `req` asks for and write the output folder; the CLI, the demo and the tests call this."""
+    # Before anything slow or networked (the engine's imports take seconds): a missing local file, or a hub name
+    # that is neither reachable nor cached, is one line and exit 2.
+    check_local_inputs(req)
+    prepare_hub(hub_names(req))
+    check_cached_when_offline(req)
     # Many small scikit-learn fits (probing): multi-threaded BLAS made each one ~25x slower on 2 busy cores,
     # so every run (not only the demo) uses one BLAS thread; torch's own thread pool is left alone.
     from threadpoolctl import threadpool_limits
@@ -385,6 +391,42 @@ def _run(req: RunRequest) -> int:
     with OutputLock(req.out, wait=req.wait):
         sweep_temp_files(Path(req.out))
         return _locked_run(req, settings, specs, t0)
+
+
+LOCAL_DATA_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet", ".csv", ".safetensors", ".npy", ".pt")
+
+
+def _looks_local(name: str) -> bool:
+    """A path rather than a Hugging Face name: it exists, has a data-file suffix, or starts like a path."""
+    return Path(name).exists() or name.endswith(LOCAL_DATA_SUFFIXES) or name.startswith(("/", "./", "../", "~"))
+
+
+def check_local_inputs(args: RunRequest) -> None:
+    """Every local path the command names exists, checked before any network call or model load."""
+    for flag in ("activations", "labels", "dataset", "model"):
+        value = getattr(args, flag, None)
+        if value and (flag in ("activations", "labels") or _looks_local(value)) and not Path(value).exists():
+            raise EvalkitInputError(value, f"no such file or folder (--{flag})")
+    for spec in args.sae:
+        if not spec.startswith("sae-lens:") and not Path(spec).exists():
+            raise EvalkitInputError(spec, "no such file or folder (--sae)")
+
+
+def check_cached_when_offline(args: RunRequest) -> None:
+    """Offline, a sae-lens release whose repository the cache lacks fails now, not after seconds of imports."""
+    if not offline():
+        return
+    for spec in (s for s in args.sae if s.startswith("sae-lens:")):
+        repo = saelens_repo(spec.removeprefix("sae-lens:").split("/", 1)[0])
+        if repo is not None and not cached_repo(repo):
+            raise EvalkitInputError(spec, missing_from_cache(f"this SAE (repository {repo})"))
+
+
+def hub_names(args: RunRequest) -> list[str]:
+    """The names this run may fetch from the Hugging Face hub."""
+    names = [s for s in args.sae if s.startswith("sae-lens:")]
+    names += [v for v in (getattr(args, "model", None), getattr(args, "dataset", None)) if v and not _looks_local(v)]
+    return names
 
 
 def _preflight(

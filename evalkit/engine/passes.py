@@ -13,11 +13,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from evalkit.core.batch import ActivationBatch
 from evalkit.core.errors import EvalkitInputError
 from evalkit.core.identity import DataFingerprint, JsonValue
+from evalkit.core.progress import Progress
 from evalkit.core.records import EvalContext
 from evalkit.engine.runconfig import DataSource, EvalSettings, SaeLike
 
@@ -171,13 +171,14 @@ def norm_prepass(hook: str, source: DataSource, settings: EvalSettings, members:
     """Read the data once: validate it, keep evaluation-token norms, fingerprint it, build the EvalContext."""
     token_filter = TokenFilter(settings)
     stats = PassStats()
-    batches = tqdm(source.open_batches(), desc=f"norm pre-pass {hook}", unit="batch", leave=False, disable=None)
-    for i, batch in enumerate(batches):
-        check_batch(batch, i, source, members)
-        keep_BS = token_filter.keep_before_norm(batch)
-        if keep_BS is None:
-            break
-        stats.add(batch, keep_BS, settings.exclude_special)
+    with Progress(None, f"norm pre-pass at {hook}", "tokens") as progress:
+        for i, batch in enumerate(source.open_batches()):
+            progress.update(batch.acts_BSD.shape[0] * batch.acts_BSD.shape[1])
+            check_batch(batch, i, source, members)
+            keep_BS = token_filter.keep_before_norm(batch)
+            if keep_BS is None:
+                break
+            stats.add(batch, keep_BS, settings.exclude_special)
     return stats.hook_data(hook, source, settings, prepassed=True)
 
 

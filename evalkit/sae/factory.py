@@ -4,7 +4,7 @@ Weights are random with non-unit decoder rows and nonzero biases, so tests exerc
 pass.
 
 The `dl_*_state` / `write_*` helpers write dictionary_learning and sparsify files from their documented key
-layouts (VARIANTS.md; sparsify SparseCoder.save_to_disk), so loader tests need neither library.
+layouts (docs/variants.md; sparsify SparseCoder.save_to_disk), so loader tests need neither library.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ Rules for sae-lens' own classes live here; evalkit's variants register theirs in
   b_enc,i;
 - topk: the same, times ‖d_i‖ when the config sets `rescale_acts_by_decoder_norm` (sae-lens ranks that
   product);
-- gated: the MAGNITUDE path ⟨x_c, W_enc[:,i]⟩·exp(r_mag,i) + b_mag,i (METRICS.md alignment uses it; the gate
+- gated: the MAGNITUDE path ⟨x_c, W_enc[:,i]⟩·exp(r_mag,i) + b_mag,i (docs/metrics.md alignment uses it; the gate
   path only decides on/off);
 - cosine: exp(b)·‖x_c‖^a·cos(x_c, W_enc[:,i]) + b_enc,i;
 - topafa: ⟨x_c, W_enc[:,i]⟩ (no bias);

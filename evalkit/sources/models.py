@@ -17,6 +17,7 @@ from transformer_lens import HookedTransformer
 
 from evalkit.core.batch import ActivationBatch
 from evalkit.core.errors import EvalkitInputError
+from evalkit.core.hub import missing_from_cache, offline
 from evalkit.core.registry import Registry
 from evalkit.sources.base import SourceInfo, positions_like, special_mask
 from evalkit.world.model import is_world_model_folder, load_world_model
@@ -67,6 +68,8 @@ def load_model(
             str(name_or_path), device=device, dtype=torch_dtype, **(from_pretrained_kwargs or {})
         )
     except (ValueError, OSError) as exc:
+        if isinstance(exc, OSError) or offline():  # a hub or cache miss: say how to work offline
+            raise EvalkitInputError(str(name_or_path), missing_from_cache("this model")) from None
         raise EvalkitInputError(str(name_or_path), f"cannot load model ({exc})") from None
 
 

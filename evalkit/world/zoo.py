@@ -84,7 +84,7 @@ def zoo_entries(
     ks: tuple[int, ...] = (16, 32, 64),
     afa_coefficients: tuple[float, ...] = AFA_COEFFICIENTS,
 ) -> list[ZooEntry]:
-    """The zoo of WORLD.md: every variant; sparsity sweeps for standard/topk/batchtopk/cosine/aligned topk and
+    """The zoo of docs/world.md: every variant; sparsity sweeps for standard/topk/batchtopk/cosine/aligned topk and
     an AFA-coefficient sweep for top-AFA; 3 seeds for topk, aligned topk and cosine (at the middle k; seed 0 is
     the sweep's own member). `steps` is each SAE's most steps (training stops when the loss levels off)."""
     mid = ks[len(ks) // 2]

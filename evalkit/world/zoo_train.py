@@ -1,6 +1,6 @@
 """Training zoo SAEs until their loss has levelled off, with the loss curve and the training facts saved.
 
-WORLD.md's criterion: the mean training loss over the last 10% of steps is within 1% of the mean over the 10%
+docs/world.md's criterion: the mean training loss over the last 10% of steps is within 1% of the mean over the 10%
 before. `ConvergingTrainer` is sae-lens' `SAETrainer` with two additions: it records every step's losses, and
 every `check_every` steps after `min_steps` it stops once the criterion holds (or at the step budget,
 recorded as not converged). The learning rate is constant, so stopping early changes nothing else about the run.

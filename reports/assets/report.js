@@ -19,6 +19,7 @@
       if (!pending.has(el.dataset.plot)) return;
       pending.delete(el.dataset.plot);
       var fig = JSON.parse(el.textContent), div = document.getElementById(el.dataset.plot);
+      div.style.height = (fig.layout.height || 380) + "px";  // resizing the window keeps each plot's height
       Plotly.newPlot(div, fig.data, fig.layout, {displayModeBar: false, responsive: true});
       drawn += 1;
       document.body.dataset.plotsDrawn = String(drawn);

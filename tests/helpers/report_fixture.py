@@ -1,4 +1,4 @@
-"""A constructed output folder (CONTRACT.md layout) for the report tests; tests/test_reports_fixture.py checks it.
+"""A constructed output folder (docs/cli.md layout) for the report tests; tests/test_reports_fixture.py checks it.
 
 Families (metrics exactly linear in fvu, so interpolated values are known by hand):
 - standard (3 SAEs, one seed each): fvu 0.1, 0.2, 0.4; ce_loss_score = 1 − fvu; alignment_mean = 2·fvu + 0.5;

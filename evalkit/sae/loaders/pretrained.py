@@ -13,6 +13,7 @@ from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_direc
 from sae_lens.saes.sae import SAE
 
 from evalkit.core.errors import EvalkitInputError
+from evalkit.core.hub import missing_from_cache
 from evalkit.sae.build import check_finite
 
 PREFIX = "sae-lens:"
@@ -46,11 +47,7 @@ def load_pretrained(spec: str, device: str) -> tuple[SAE[Any], dict[str, Any]]:
     except (
         OSError,
         ValueError,
-    ) as exc:  # hub errors (offline, cache miss, HTTP) are OSError/ValueError subclasses
-        raise EvalkitInputError(
-            spec,
-            f"could not load from the Hugging Face hub or its cache ({type(exc).__name__}: {exc}); "
-            "without network access the cache must already hold this SAE",
-        ) from exc
+    ):  # hub errors (offline, cache miss, HTTP) are OSError/ValueError subclasses
+        raise EvalkitInputError(spec, missing_from_cache("this SAE")) from None
     check_finite(dict(sae.state_dict()), spec)
     return sae, {**cfg_dict, "release": release, "sae_id": sae_id}
