@@ -11,6 +11,7 @@ from helpers.report_fixture import SAES, write_run_dir
 
 from evalkit.app.cli import main
 from evalkit.core.errors import EvalkitInputError
+from reports.html import plotly_bundle_gz_b64
 from reports.load import load_run
 from reports.matched import MATCHED_COLUMNS, OUT_OF_RANGE, build_families, compute_matched, parse_targets
 
@@ -119,7 +120,7 @@ def test_cli_report_writes_both_files_and_bad_input_exits_2(tmp_path: Path, caps
     assert main(["report", str(run)]) == 0
     written = pd.read_csv(run / "matched.csv", keep_default_na=False)
     assert set(written["lower_sae"]) >= {OUT_OF_RANGE}  # standard stops at fvu 0.4, below the top default target 0.5
-    assert (run / "report.html").stat().st_size > 1_000_000  # plotly bundle inside
+    assert plotly_bundle_gz_b64() in (run / "report.html").read_text(encoding="utf-8")  # plotly inside
     assert main(["report", str(run), "--by", "fvv"]) == 2
     assert "did you mean fvu" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "nothing-here")]) == 2
