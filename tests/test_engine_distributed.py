@@ -84,7 +84,7 @@ def test_ray_executor_without_ray_is_exit_2_with_the_install_line(
     from evalkit.engine import ray_executor
 
     monkeypatch.setattr(ray_executor, "ray_installed", lambda: False)
-    code = main(["run", "--sae", str(tmp_path / "missing"), "--executor", "ray", "--out", str(tmp_path / "o")])
+    code = main(["run", "--sae", str(tmp_path), "--executor", "ray", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert "--executor ray" in err[0] and "pip install 'evalkit[ray]'" in err[0]
