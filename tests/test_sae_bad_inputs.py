@@ -168,7 +168,10 @@ def test_pretrained_offline_without_cache_is_a_clear_input_error(tmp_path, monke
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(EvalkitInputError, match="gpt2-small-res-jb/blocks.8.hook_resid_pre: this SAE is not in the local Hugging Face cache") as info:
+    with pytest.raises(
+        EvalkitInputError,
+        match="gpt2-small-res-jb/blocks.8.hook_resid_pre: this SAE is not in the local Hugging Face cache",
+    ) as info:
         load_saes("sae-lens:gpt2-small-res-jb/blocks.8.hook_resid_pre")
     assert "HF_HUB_OFFLINE=1" in str(info.value)
     with pytest.raises(EvalkitInputError, match="unknown sae-lens release 'gpt2-smal-res-jb'; did you mean"):
