@@ -46,6 +46,9 @@ def test_run_without_terminal_logs_progress_lines(tmp_path: Path) -> None:
     lines = [line for line in done.stderr.splitlines() if "norm pre-pass at" in line]
     assert lines and lines[-1].endswith("(done)")
     assert "512 tokens" in lines[-1]
+    evaluating = [line for line in done.stderr.splitlines() if "evaluating blocks.0.hook_resid_post" in line]
+    assert evaluating and evaluating[-1].endswith("(done)")
+    assert "512/512 tokens (100%)" in evaluating[-1]
     assert "HTTP Request" not in done.stderr
 
 

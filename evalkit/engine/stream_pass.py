@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-from tqdm.auto import tqdm
 
 from evalkit.core.batch import ActivationBatch
 from evalkit.core.faults import fault_point
+from evalkit.core.progress import Progress
 from evalkit.core.records import ResultKey, SaeBatch, token_key
 from evalkit.engine.checkpoint import PassCheckpointer, PassResume, checkpointable, load_states
 from evalkit.engine.passes import HookData, PassStats, TokenFilter, check_batch
@@ -98,17 +98,60 @@ def stream_pass(
     if shard is not None:
         token_filter.remaining = shard.remaining
         source_batches = _shard_batches(data, shard)
-    batches = tqdm(source_batches, desc=f"evaluating {data.hook}", unit="batch", leave=False, disable=None)
     start = 0 if shard is None else shard.start
     n_seq_seen = 0 if shard is None else shard.seq_offset
+    # Tokens still to read: known from the pre-pass for a whole pass (less what a resumed checkpoint already read).
+    whole = data.prepassed and data.n_tokens_read > 0 and (shard is None or resume is not None)
+    total = max(data.n_tokens_read - stats.n_read, 0) if whole else None
+    with Progress(total, f"evaluating {data.hook}", "tokens") as progress:
+        _batch_loop(
+            data,
+            states,
+            members,
+            settings,
+            observers,
+            source_batches,
+            start,
+            n_seq_seen,
+            token_filter,
+            stats,
+            splicer,
+            checkpointer,
+            accs,
+            watching,
+            progress,
+        )
+    return stats
+
+
+def _batch_loop(
+    data: HookData,
+    states: list[SaeState],
+    members: Sequence[SaeLike],
+    settings: EvalSettings,
+    observers: Sequence[BatchObserver],
+    batches: Iterable[ActivationBatch],
+    start: int,
+    n_seq_seen: int,
+    token_filter: TokenFilter,
+    stats: PassStats,
+    splicer: Splicer | None,
+    checkpointer: PassCheckpointer | None,
+    accs: dict[str, StreamingMetric],
+    watching: list[BatchObserver],
+    progress: Progress,
+) -> None:
+    """The pass's batches: update every accumulator and observer, count progress, checkpoint when due."""
     for i, batch in enumerate(batches, start=start):
         if not data.prepassed:
             check_batch(batch, i, data.source, members)
         keep_BS = token_filter.keep(batch)
         if keep_BS is None:
             break
+        n_read_before = stats.n_read
         stats.add(batch, keep_BS, settings.exclude_special)
         stats.n_batches_read += 1
+        progress.update(stats.n_read - n_read_before)
         n_seq_seen += keep_BS.shape[0]
         if keep_BS.any():
             _update_all(states, batch, keep_BS, n_seq_seen, splicer, observers, settings)
@@ -124,7 +167,6 @@ def stream_pass(
                     [o.state_dict() for o in watching],  # type: ignore[attr-defined]
                 )
             )
-    return stats
 
 
 def _update_all(
