@@ -1,4 +1,4 @@
-"""Pairwise family differences at matched reconstruction, each with a 95% interval (METRICS.md "Uncertainty").
+"""Pairwise family differences at matched reconstruction, each with a 95% interval (docs/uncertainty.md).
 
 At every target level and for every metric, each pair of families that both bracket the target gets
 a − b = interpolated(a) − interpolated(b), with an interval that combines both sides' token-level errors and

@@ -192,7 +192,7 @@ def float64_weights(sae: SAE[Any]) -> tuple[torch.Tensor, torch.Tensor]:
 @functools.singledispatch
 def alignment_slopes(sae: SAE[Any], median_norm: float) -> torch.Tensor:
     """α_i [d_sae] (float64): the rise of latent i's score per unit of feature i written by the decoder (x_c = c·d_i),
-    at input norm `median_norm` where the score depends on it (METRICS.md, alignment)."""
+    at input norm `median_norm` where the score depends on it (docs/metrics.md, alignment)."""
     raise EvalkitInputError(
         "alignment", f"evalkit has no alignment rule for SAE class {type(sae).__name__} ({sae.cfg.architecture()})"
     )

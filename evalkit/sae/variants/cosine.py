@@ -1,5 +1,5 @@
-"""The `cosine` variant (VARIANTS.md; cosine-scored-saes exp40): inference and training classes, configs, its score,
-alignment slope and norm exponent, and its test factories.
+"""The `cosine` variant (docs/variants.md; cosine-scored-saes exp40): inference and training classes, configs, its
+score, alignment slope and norm exponent, and its test factories.
 
 s_i = exp(b)·‖x_c‖^a·cos(x_c, W_enc[:,i]) + b_enc,i, then per-token top-k or a batch threshold θ. Kept from the
 reference: unit decoder rows, a = 0 and b = log √d_in at the start of training, θ's EMA (β = 0.999, first value at
@@ -264,7 +264,7 @@ def cosine_params(sae: CosineLike) -> tuple[torch.Tensor, torch.Tensor]:
 @alignment_slopes.register(CosineSAE)
 @alignment_slopes.register(CosineTrainingSAE)
 def cosine_alpha(sae: CosineLike, median_norm: float) -> torch.Tensor:
-    """Score/c at input norm m for x_c = c·d_i: exp(b_i)·m^(a_i − 1)·‖d_i‖·cos(W_enc[:,i], d_i) (METRICS.md: the
+    """Score/c at input norm m for x_c = c·d_i: exp(b_i)·m^(a_i − 1)·‖d_i‖·cos(W_enc[:,i], d_i) (docs/metrics.md: the
     slope at the median norm)."""
     a_F, b_F = cosine_params(sae)
     W_enc_DF, W_dec_FD = sae.W_enc.detach().double().cpu(), sae.W_dec.detach().double().cpu()

@@ -1,4 +1,4 @@
-"""The `topafa` variant (VARIANTS.md; reference top-afa-sae training/sae.py): no b_enc, and the number of active
+"""The `topafa` variant (docs/variants.md; reference top-afa-sae training/sae.py): no b_enc, and the number of active
 latents k(x) is chosen per token from ‖x_c‖. Inference and training classes, configs, score and fold rules, the
 alignment slope and norm exponent, and its test factory.
 """
