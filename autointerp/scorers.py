@@ -29,8 +29,9 @@ from autointerp.judges import (
     matching_snippets,
     named_token_predictions,
 )
+from autointerp.pools import Window
 from autointerp.prompts import Message, numbered, parse_selection, parse_simulation, render_window
-from autointerp.sampling import LatentExamples, Window
+from autointerp.sampling import LatentExamples
 from autointerp.status import Status
 from evalkit.core.registry import Registry
 

@@ -9,11 +9,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from evalkit.app.executors import add_executor_args, check_executor, execution_info, make_runner
+from evalkit.app.executors import check_executor, execution_info, make_runner
+from evalkit.app.inputs import check_cached_when_offline, check_local_inputs, hub_names
 from evalkit.app.request import RunRequest, batch_tokens
-from evalkit.core.defaults import DEFAULT_BATCH_TOKENS, DEFAULT_STDERR_BLOCKS, DTYPE_NAMES
+from evalkit.app.run_args import add_run_arguments
 from evalkit.core.errors import EvalkitInputError
-from evalkit.core.hub import cached_repo, missing_from_cache, offline, prepare_hub, saelens_repo
+from evalkit.core.hub import prepare_hub
 
 # Everything heavy (torch, sae-lens, the engine, the metrics) is imported inside the functions that run, so
 # `evalkit run --help` answers in well under a second (tests/test_app_startup.py).
@@ -33,122 +34,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
         help="evaluate SAEs and write results to --out",
         description="Evaluate SAEs on activations in one pass and write tidy results.",
     )
-    p.add_argument(
-        "--sae",
-        action="append",
-        required=True,
-        metavar="PATH",
-        help="an SAE folder/file, a folder of SAEs (searched recursively), or sae-lens:RELEASE/SAE_ID; repeatable",
-    )
-    p.add_argument("--format", default=None, help="SAE file format (default: detected from the files present)")
-    p.add_argument(
-        "--activations",
-        metavar="FILE",
-        help="precomputed activations (.safetensors/.npy/.pt); CE/KL metrics are then skipped with a reason",
-    )
-    p.add_argument("--model", help="transformer-lens model name or local folder (default: from the SAE config)")
-    p.add_argument("--hook", help="hook point (default: from the SAE config)")
-    p.add_argument("--dataset", help="text or token data: local .txt/.jsonl/.parquet or a Hugging Face dataset name")
-    p.add_argument(
-        "--tokens",
-        type=int,
-        default=None,
-        help="evaluation tokens (after excluding special tokens); default: all the source yields",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help=f"tokens per batch, rounded down to whole sequences (default {DEFAULT_BATCH_TOKENS}; on a CUDA device, "
-        "chosen from its free memory)",
-    )
-    p.add_argument(
-        "--seq-len", type=int, default=None, help="tokens per sequence for text data (default: the SAE's context size)"
-    )
-    p.add_argument(
-        "--text-column",
-        default=None,
-        metavar="NAME",
-        help="the text field of .jsonl/.parquet/Hugging Face records (default: text, content, document or sentence)",
-    )
-    p.add_argument(
-        "--metrics",
-        default="all",
-        help="comma-separated metric names or groups (core, downstream, "
-        "sparsity, alignment, norm, afa, stability, concepts, probing, "
-        "autointerp, all); default all",
-    )
-    p.add_argument("--out", default="evalkit-out", type=Path, help="output folder (default evalkit-out/)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument(
-        "--dtype",
-        default="float32",
-        choices=DTYPE_NAMES,
-        help="compute dtype of the model and the SAEs (default float32; metrics accumulate in float64)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed for sampling done by metrics (default 0)")
-    p.add_argument(
-        "--stderr-blocks",
-        type=int,
-        default=DEFAULT_STDERR_BLOCKS,
-        metavar="K",
-        help="jackknife blocks of whole sequences for token-level standard errors "
-        f"(default {DEFAULT_STDERR_BLOCKS}; 0 = no standard errors)",
-    )
-    p.add_argument(
-        "--exclude-special",
-        dest="exclude_special",
-        action="store_true",
-        default=True,
-        help="exclude BOS/EOS/PAD tokens from every metric (default)",
-    )
-    p.add_argument(
-        "--include-special", dest="exclude_special", action="store_false", help="evaluate special tokens too"
-    )
-    p.add_argument(
-        "--max-norm-multiple",
-        type=float,
-        default=None,
-        metavar="M",
-        help="drop tokens whose norm exceeds M x the median token norm (default: keep all)",
-    )
-    p.add_argument(
-        "--autointerp",
-        choices=("baseline", "llm", "off"),
-        default="off",
-        help="auto-interpretability stage (default off)",
-    )
-    p.add_argument("--llm-base-url", help="OpenAI-compatible endpoint for --autointerp llm")
-    p.add_argument("--llm-model", help="model name at that endpoint")
-    p.add_argument("--max-llm-cost", type=float, default=None, help="stop LLM requests at this estimated cost (USD)")
-    p.add_argument("--force", action="store_true", help="recompute results already cached in --out")
-    p.add_argument(
-        "--seed-group",
-        action="append",
-        default=[],
-        metavar="PATH,PATH[,...]",
-        help="SAEs that differ only in training seed (repeatable; default: grouped by config)",
-    )
-    p.add_argument(
-        "--strict", action="store_true", help="stop at the first bad SAE (default: report it and evaluate the rest)"
-    )
-    p.add_argument(
-        "--wait", action="store_true", help="wait for another run holding --out's lock (default: exit 2 naming it)"
-    )
-    p.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=None,
-        metavar="N",
-        help="save the pass's accumulator state every N batches (default: about every 5 minutes of wall time)",
-    )
-    p.add_argument(
-        "--labels",
-        metavar="FILE",
-        help="token-level concept labels (.safetensors with tensor 'labels' and metadata 'label_names')",
-    )
-    p.add_argument("--no-report", action="store_true", help="do not write report.html (`evalkit report DIR` can later)")
-    add_executor_args(p)
+    add_run_arguments(p)
     p.set_defaults(func=run_command)
 
 
@@ -391,42 +277,6 @@ def _run(req: RunRequest) -> int:
     with OutputLock(req.out, wait=req.wait):
         sweep_temp_files(Path(req.out))
         return _locked_run(req, settings, specs, t0)
-
-
-LOCAL_DATA_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet", ".csv", ".safetensors", ".npy", ".pt")
-
-
-def _looks_local(name: str) -> bool:
-    """A path rather than a Hugging Face name: it exists, has a data-file suffix, or starts like a path."""
-    return Path(name).exists() or name.endswith(LOCAL_DATA_SUFFIXES) or name.startswith(("/", "./", "../", "~"))
-
-
-def check_local_inputs(args: RunRequest) -> None:
-    """Every local path the command names exists, checked before any network call or model load."""
-    for flag in ("activations", "labels", "dataset", "model"):
-        value = getattr(args, flag, None)
-        if value and (flag in ("activations", "labels") or _looks_local(value)) and not Path(value).exists():
-            raise EvalkitInputError(value, f"no such file or folder (--{flag})")
-    for spec in args.sae:
-        if not spec.startswith("sae-lens:") and not Path(spec).exists():
-            raise EvalkitInputError(spec, "no such file or folder (--sae)")
-
-
-def check_cached_when_offline(args: RunRequest) -> None:
-    """Offline, a sae-lens release whose repository the cache lacks fails now, not after seconds of imports."""
-    if not offline():
-        return
-    for spec in (s for s in args.sae if s.startswith("sae-lens:")):
-        repo = saelens_repo(spec.removeprefix("sae-lens:").split("/", 1)[0])
-        if repo is not None and not cached_repo(repo):
-            raise EvalkitInputError(spec, missing_from_cache(f"this SAE (repository {repo})"))
-
-
-def hub_names(args: RunRequest) -> list[str]:
-    """The names this run may fetch from the Hugging Face hub."""
-    names = [s for s in args.sae if s.startswith("sae-lens:")]
-    names += [v for v in (getattr(args, "model", None), getattr(args, "dataset", None)) if v and not _looks_local(v)]
-    return names
 
 
 def _preflight(
