@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/seed_claims.py [--run evalkit-out] [--out DIR]
 
 Reads the run's results (nothing is recomputed), evaluates every claim of reports.claims.CLAIMS, logs the table
-with its verdicts (holds / does not hold / inside the seed spread / not testable) and writes claims.csv into
+with its verdicts (holds / does not hold / inside the noise / not testable) and writes claims.csv into
 --out (default: the run folder). Also logs, per family, the fvu range and the zoo's matched-target coverage:
 how many of the default fvu targets each family brackets.
 """

@@ -1,12 +1,15 @@
 """The seed papers' claims, put to the numbers of a run: each claim compares two families on one metric, at
 matched reconstruction (or matched l0, or between seed groups), and gets a verdict computed from the numbers.
 
-Verdict: the claimed family's value minus the baseline's, averaged over the match points where both families
-are in range, against a half-width h. Without a 95% interval from the uncertainty helpers, h is twice the seed
-spread of the difference: √(sd_a² + sd_b²), each sd the standard deviation over a seed group of that family (a
-family without seed replicas borrows the other family's sd, and the table says so). |difference| ≤ h reads
-"inside the seed spread"; otherwise "holds" when the difference points the way the paper claims, else "does not
-hold". No match point in range, or no seed spread on either side, reads "not testable" with the reason.
+The comparison: the claimed family's value minus the baseline's, averaged over the match points where both
+families are in range, with the 95% interval of the matched comparisons (reports.differences,
+docs/uncertainty.md): each family's mean over the match points is a weighted sum of its sweep's points (the
+brackets' interpolation weights, averaged), so its token-level variance is Σ c²·se² over those points and its seed
+variance sd²·Σ c²/n, sd the family's seed spread pooled over its seed groups (a family without seed groups
+borrows the other's, and the table says so). The interval is Student's t with Welch–Satterthwaite degrees of
+freedom (evalkit.core.uncertainty). Verdict: "inside the noise" when the interval contains 0; otherwise "holds"
+when the difference points the way the paper claims, else "does not hold". No match point in range, or no seed
+group in either family, reads "not testable" with the reason.
 Nothing here is written by hand: the claims say which way is better, the numbers decide.
 """
 
@@ -18,11 +21,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import pandas as pd
 
+from evalkit.core.uncertainty import LEVEL, Difference
+from reports.differences import (
+    SEED_BORROWED,
+    SEED_UNKNOWN,
+    Combination,
+    SeedSpread,
+    bracket_terms,
+    combine_points,
+    compare,
+    family_seed_spread,
+)
 from reports.load import RunTables
-from reports.matched import MATCH_AXES, OUT_OF_RANGE, Family, build_families, default_targets, matched_table
+from reports.matched import MATCH_AXES, Family, FamilyPoint, build_families, default_targets, family_brackets
 from reports.views import Section, table_view
 
 if TYPE_CHECKING:
@@ -30,10 +43,8 @@ if TYPE_CHECKING:
 
 HOLDS = "holds"
 DOES_NOT_HOLD = "does not hold"
-INSIDE = "inside the seed spread"
+INSIDE = "inside the noise"
 NOT_TESTABLE = "not testable"
-SPREAD_MULTIPLE = 2.0
-"""Half-width of the verdict's band in seed standard deviations of the difference (≈ 95% for a normal)."""
 
 
 @dataclass(frozen=True)
@@ -78,17 +89,18 @@ CLAIMS: tuple[Claim, ...] = (
 class Verdict:
     verdict: str
     difference: float
-    half_width: float
+    ci_low: float
+    ci_high: float
 
 
-def verdict(difference: float, half_width: float, better: str) -> Verdict:
-    """The verdict for a claimed family's value minus the baseline's (see the module docstring)."""
-    if not math.isfinite(difference) or not math.isfinite(half_width):
-        return Verdict(NOT_TESTABLE, difference, half_width)
-    if abs(difference) <= half_width:
-        return Verdict(INSIDE, difference, half_width)
+def verdict(difference: float, ci_low: float, ci_high: float, better: str) -> Verdict:
+    """The verdict for a claimed family's value minus the baseline's and its 95% interval (module docstring)."""
+    if not all(math.isfinite(v) for v in (difference, ci_low, ci_high)):
+        return Verdict(NOT_TESTABLE, difference, ci_low, ci_high)
+    if ci_low <= 0.0 <= ci_high:
+        return Verdict(INSIDE, difference, ci_low, ci_high)
     toward_claim = difference > 0 if better == "higher" else difference < 0
-    return Verdict(HOLDS if toward_claim else DOES_NOT_HOLD, difference, half_width)
+    return Verdict(HOLDS if toward_claim else DOES_NOT_HOLD, difference, ci_low, ci_high)
 
 
 def family_named(families: Sequence[Family], name: str) -> Family | None:
@@ -98,72 +110,86 @@ def family_named(families: Sequence[Family], name: str) -> Family | None:
     return found[0] if found else None
 
 
-def seed_spread(tables: RunTables, family: Family, metric: str) -> tuple[float, int]:
-    """(mean over the family's seed groups of ≥ 2 SAEs of the metric's standard deviation, SAEs in them)."""
-    saes = tables.saes[tables.saes["family_label"] == family.label]
-    sds, n = [], 0
-    for _, group in saes.groupby("seed_group"):
-        if len(group) >= 2 and metric in tables.sae_metrics.columns:
-            values = tables.sae_metrics.reindex(group.index)[metric].dropna()
-            if len(values) >= 2:
-                sds.append(float(values.std(ddof=1)))
-                n += len(values)
-    return (float(np.mean(sds)) if sds else math.nan), n
+@dataclass(frozen=True)
+class Comparison:
+    """A claim's two sides as weighted sums of their families' points, and the match points they average."""
+
+    claimed: Combination
+    baseline: Combination
+    points: str
+    n_points: int
 
 
-def _pair_spread(tables: RunTables, a: Family, b: Family, metric: str) -> tuple[float, str]:
-    sd_a, n_a = seed_spread(tables, a, metric)
-    sd_b, n_b = seed_spread(tables, b, metric)
-    if math.isnan(sd_a) and math.isnan(sd_b):
-        return math.nan, "no seed group in either family"
-    note = f"seed sd {a.label.split('|')[0]} {sd_a:.3g} (n={n_a}), {b.label.split('|')[0]} {sd_b:.3g} (n={n_b})"
-    if math.isnan(sd_a) or math.isnan(sd_b):
-        known = sd_b if math.isnan(sd_a) else sd_a
-        return math.sqrt(2) * known, note + "; the family without seed replicas borrows the other's sd"
-    return math.sqrt(sd_a**2 + sd_b**2), note
+Terms = list[tuple[float, FamilyPoint]]
 
 
-def _targets(claim: Claim, families: Sequence[Family], family: Family) -> tuple[str, list[float]]:
+def _matched_terms(
+    claim: Claim, families: Sequence[Family], a: Family, b: Family
+) -> tuple[Terms, Terms, list[tuple[float, float, float]]]:
+    """Each side's points with coefficients averaging its interpolated value over the match points where both
+    families are in range and have the metric; and the per-point (target, a, b) values."""
     if claim.at == "l0":
-        points = [p.metrics["l0"] for p in family.points if p.metrics.get("l0", 0) > 0]
-        return "l0", sorted(points)
-    return "fvu", default_targets(families, MATCH_AXES.get("fvu"))
-
-
-def _matched_differences(claim: Claim, families: Sequence[Family], a: Family, b: Family) -> pd.DataFrame:
-    """Per match point: target, the claimed family's value, the baseline's, their difference."""
-    by, targets = _targets(claim, families, a)
-    table = matched_table([a, b], MATCH_AXES.get(by), targets)
-    table = table[(table["metric"] == claim.metric) & (table["lower_sae"] != OUT_OF_RANGE)]
-    wide = table.pivot_table(index="target", columns="family", values="value", aggfunc="first")
-    if a.label not in wide or b.label not in wide:
-        return pd.DataFrame(columns=["target", "claimed", "baseline", "difference"])
-    wide = wide[[a.label, b.label]].dropna()
-    return pd.DataFrame(
-        {
-            "target": wide.index,
-            "claimed": wide[a.label].to_numpy(),
-            "baseline": wide[b.label].to_numpy(),
-            "difference": (wide[a.label] - wide[b.label]).to_numpy(),
-        }
+        axis = MATCH_AXES.get("l0")
+        targets = sorted(p.metrics["l0"] for p in a.points if p.metrics.get("l0", 0) > 0)
+    else:
+        axis = MATCH_AXES.get("fvu")
+        targets = default_targets(families, axis)
+    used: list[tuple[float, Terms, Terms]] = []
+    for target in targets:
+        brackets = family_brackets([a, b], axis, target)
+        br_a, br_b = brackets[a.label], brackets[b.label]
+        if br_a is None or br_b is None:
+            continue
+        terms_a, terms_b = bracket_terms(br_a), bracket_terms(br_b)
+        if combine_points(terms_a, claim.metric) is None or combine_points(terms_b, claim.metric) is None:
+            continue
+        used.append((target, terms_a, terms_b))
+    n = len(used)
+    per_point = [(t, _value(ta, claim.metric), _value(tb, claim.metric)) for t, ta, tb in used]
+    return (
+        [(c / n, p) for _, ta, _ in used for c, p in ta],
+        [(c / n, p) for _, _, tb in used for c, p in tb],
+        per_point,
     )
 
 
-def _seed_group_difference(tables: RunTables, claim: Claim, a: Family, b: Family) -> pd.DataFrame:
-    """The mean of each family's seed groups (≥ 2 SAEs) of the metric; one row when both have one."""
-    means = []
-    for family in (a, b):
-        saes = tables.saes[tables.saes["family_label"] == family.label]
-        values = [
-            tables.sae_metrics.reindex(g.index)[claim.metric].dropna().mean()
-            for _, g in saes.groupby("seed_group")
-            if len(g) >= 2 and claim.metric in tables.sae_metrics.columns
-        ]
-        means.append(float(np.mean(values)) if values else math.nan)
-    if any(math.isnan(m) for m in means):
-        return pd.DataFrame(columns=["target", "claimed", "baseline", "difference"])
-    return pd.DataFrame({"target": [math.nan], "claimed": [means[0]], "baseline": [means[1]],
-                         "difference": [means[0] - means[1]]})  # fmt: skip
+def _value(terms: Terms, metric: str) -> float:
+    combo = combine_points(terms, metric)
+    return math.nan if combo is None else combo.value
+
+
+def _group_terms(family: Family, metric: str) -> Terms:
+    """The mean of the family's seed groups (≥ 2 SAEs with the metric)."""
+    groups = [p for p in family.points if metric in p.estimates and p.estimates[metric].seed_n >= 2]
+    return [(1.0 / len(groups), p) for p in groups]
+
+
+def _comparison(claim: Claim, families: Sequence[Family], a: Family, b: Family) -> Comparison | None:
+    if claim.at == "seed_group":
+        terms_a, terms_b = _group_terms(a, claim.metric), _group_terms(b, claim.metric)
+        per_point = [(math.nan, _value(terms_a, claim.metric), _value(terms_b, claim.metric))]
+        if not terms_a or not terms_b:
+            return None
+    else:
+        terms_a, terms_b, per_point = _matched_terms(claim, families, a, b)
+        if not per_point:
+            return None
+    claimed, baseline = combine_points(terms_a, claim.metric), combine_points(terms_b, claim.metric)
+    if claimed is None or baseline is None:
+        return None
+    points = "; ".join((f"{t:.4g}: " if math.isfinite(t) else "") + f"{c:.4g} vs {v:.4g}" for t, c, v in per_point)
+    return Comparison(claimed, baseline, points, len(per_point))
+
+
+def _spread_note(a: Family, b: Family, spreads: tuple[SeedSpread | None, SeedSpread | None], how: str) -> str:
+    def one(family: Family, spread: SeedSpread | None) -> str:
+        name = family.label.split("|")[0]
+        return f"{name} none" if spread is None else f"{name} {spread.sd:.3g} (n={spread.n_saes})"
+
+    note = f"seed sd {one(a, spreads[0])}, {one(b, spreads[1])}"
+    if how == SEED_BORROWED:
+        note += "; the family without seed replicas borrows the other's sd"
+    return note
 
 
 def evaluate_claim(tables: RunTables, families: Sequence[Family], claim: Claim) -> dict[str, object]:
@@ -182,29 +208,34 @@ def evaluate_claim(tables: RunTables, families: Sequence[Family], claim: Claim) 
     if a is None or b is None:
         missing = claim.family if a is None else claim.baseline
         return row | _empty(f"no {missing} family in this run")
-    diffs = (
-        _seed_group_difference(tables, claim, a, b)
-        if claim.at == "seed_group"
-        else _matched_differences(claim, families, a, b)
-    )
-    if diffs.empty:
-        return row | _empty("no match point where both families are in range")
-    spread, note = _pair_spread(tables, a, b, claim.metric)
-    result = verdict(float(diffs["difference"].mean()), SPREAD_MULTIPLE * spread, claim.better)
-    points = "; ".join(
-        (f"{t:.4g}: " if math.isfinite(t) else "") + f"{c:.4g} vs {v:.4g}"
-        for t, c, v in zip(diffs["target"], diffs["claimed"], diffs["baseline"], strict=True)
-    )
-    reason = note if math.isfinite(spread) else f"{note}: no seed spread to judge the difference by"
-    return row | {
-        "claimed_value": float(diffs["claimed"].mean()),
-        "baseline_value": float(diffs["baseline"].mean()),
-        "difference": result.difference,
-        "half_width": result.half_width,
-        "n_points": len(diffs),
-        "verdict": result.verdict,
-        "points": points,
-        "spread_note": reason,
+    comparison = _comparison(claim, families, a, b)
+    if comparison is None:
+        in_range = "both families are in range and have the metric"
+        reason = (
+            "not both families have a seed group" if claim.at == "seed_group" else f"no match point where {in_range}"
+        )
+        return row | _empty(reason)
+    spreads = family_seed_spread(a, claim.metric), family_seed_spread(b, claim.metric)
+    d, how = compare(comparison.claimed, comparison.baseline, *spreads)
+    note = _spread_note(a, b, spreads, how)
+    if how == SEED_UNKNOWN:  # token noise alone would call seed-to-seed variation a finding
+        return row | _empty(f"{note}: no seed spread to judge the difference by") | _values(comparison, d)
+    result = verdict(d.value, d.low, d.high, claim.better)
+    return row | _values(comparison, d) | {"verdict": result.verdict, "spread_note": note}
+
+
+def _values(comparison: Comparison, d: Difference) -> dict[str, object]:
+    return {
+        "claimed_value": comparison.claimed.value,
+        "baseline_value": comparison.baseline.value,
+        "difference": d.value,
+        "stderr": d.stderr,
+        "df": d.df,
+        "ci_low": d.low,
+        "ci_high": d.high,
+        "half_width": (d.high - d.low) / 2,
+        "n_points": comparison.n_points,
+        "points": comparison.points,
     }
 
 
@@ -213,6 +244,10 @@ def _empty(reason: str) -> dict[str, object]:
         "claimed_value": math.nan,
         "baseline_value": math.nan,
         "difference": math.nan,
+        "stderr": math.nan,
+        "df": math.nan,
+        "ci_low": math.nan,
+        "ci_high": math.nan,
         "half_width": math.nan,
         "n_points": 0,
         "verdict": NOT_TESTABLE,
@@ -222,14 +257,14 @@ def _empty(reason: str) -> dict[str, object]:
 
 
 def claims_table(tables: RunTables, claims: Sequence[Claim] = CLAIMS) -> pd.DataFrame:
-    """Every claim's row: values, difference, half-width, verdict, the match points and the spread used."""
+    """Every claim's row: values, difference with its 95% interval, verdict, the match points and the spread."""
     families = build_families(tables)
     return pd.DataFrame([evaluate_claim(tables, families, c) for c in claims])
 
 
 CLAIMS_FILE = "claims.csv"
 SHOWN = ("claim", "statement", "metric", "compared_at", "claimed_value", "baseline_value", "difference",
-         "half_width", "n_points", "verdict", "spread_note")  # fmt: skip
+         "ci_low", "ci_high", "n_points", "verdict", "spread_note")  # fmt: skip
 
 
 def write_claims(claims: pd.DataFrame, out_dir: Path) -> Path:
@@ -247,9 +282,9 @@ def claims_section(data: ReportData) -> Section:
         "claims",
         "Seed-paper claims",
         "Each claim compares two families on one metric at matched reconstruction (or the claimed family's l0, "
-        "or between seed groups); the verdict is computed from the numbers: 'inside the seed spread' when the "
-        f"difference is within {SPREAD_MULTIPLE:g} seed standard deviations of the difference. Full table: "
-        f"{CLAIMS_FILE}.",
+        "or between seed groups); the verdict is computed from the numbers: 'inside the noise' when the "
+        f"{LEVEL:.0%} interval of the difference (token and seed noise, docs/uncertainty.md) contains 0. Full "
+        f"table: {CLAIMS_FILE}.",
     )
     table = claims_table(data.tables)
     rows = [[row[c] for c in SHOWN] for _, row in table.iterrows()]

@@ -216,7 +216,7 @@ def _add_difference_table(section: Section, data: ReportData, target: float) -> 
     for (fam_a, fam_b), pair in here.groupby(["family_a", "family_b"], sort=True):
         by_metric = pair.set_index("metric")
         cells = [_difference_cell(by_metric.loc[m]) if m in by_metric.index else "" for m in metrics]
-        seeds = "yes" if (pair["seed_spread"] == "included").all() else "no"
+        seeds = "yes" if pair["seed_spread"].str.startswith("included").all() else "no"
         rows.append([data.short(str(fam_a)), data.short(str(fam_b)), *cells, seeds])
     caption = (
         f"Differences a − b at {info(data.match_by).label} = {target:.4g}, 95% interval (token and seed noise); "

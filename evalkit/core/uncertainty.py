@@ -166,13 +166,20 @@ def t_quantile(df: float, level: float = LEVEL) -> float:
 
 def difference(a: Estimate, b: Estimate, level: float = LEVEL) -> Difference:
     """a − b with a `level` interval combining token and seed uncertainty of both sides (module docstring)."""
-    parts = _components(a) + _components(b)
-    value = a.value - b.value
+    seeds_known = a.seed_se is not None and b.seed_se is not None
+    return difference_of_parts(a.value - b.value, _components(a) + _components(b), level, seeds_known)
+
+
+def difference_of_parts(
+    value: float, parts: Sequence[tuple[float, float]], level: float = LEVEL, seed_spread_known: bool = True
+) -> Difference:
+    """A difference `value` whose variance is the sum of independent estimated parts (variance, degrees of
+    freedom): the interval is value ± t(Welch–Satterthwaite df)·√Σ variance. For callers that know which parts
+    share one variance estimate (e.g. a seed spread borrowed by both sides) and pass it as one part."""
     se = math.sqrt(sum(v for v, _ in parts))
     df = welch_df(parts)
     half = t_quantile(df, level) * se
-    seeds_known = a.seed_se is not None and b.seed_se is not None
-    return Difference(value, value - half, value + half, se, df, level, seeds_known)
+    return Difference(value, value - half, value + half, se, df, level, seed_spread_known)
 
 
 def interval(e: Estimate, level: float = LEVEL) -> tuple[float, float]:
