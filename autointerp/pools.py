@@ -54,7 +54,22 @@ def best_k(key_FN: torch.Tensor, seq_FN: torch.Tensor, pos_FN: torch.Tensor, k: 
     return order[:, :k]
 
 
-class Pool:
+class _TensorFields:
+    """State of a pool: the tensors named in FIELDS, saved and restored under a key prefix."""
+
+    FIELDS: tuple[str, ...] = ()
+
+    def state_dict(self, prefix: str) -> State:
+        return {prefix + name: getattr(self, name).clone() for name in self.FIELDS}
+
+    def load_state_dict(self, state: Mapping[str, StateValue], prefix: str) -> None:
+        for name in self.FIELDS:
+            value = state[prefix + name]
+            assert isinstance(value, torch.Tensor)
+            setattr(self, name, value.to(getattr(self, name).dtype).clone())
+
+
+class Pool(_TensorFields):
     """Best-k candidate windows per latent by a sampling key, with their tokens and activations."""
 
     FIELDS = ("key_FK", "act_FK", "seq_FK", "pos_FK", "tok_FKW", "wact_FKW")
@@ -105,15 +120,6 @@ class Pool:
         for name, value in joined.items():
             index = idx if value.dim() == 2 else idx[..., None].expand(-1, -1, value.shape[2])
             setattr(self, name, value.gather(1, index))
-
-    def state_dict(self, prefix: str) -> State:
-        return {prefix + name: getattr(self, name).clone() for name in self.FIELDS}
-
-    def load_state_dict(self, state: Mapping[str, StateValue], prefix: str) -> None:
-        for name in self.FIELDS:
-            value = state[prefix + name]
-            assert isinstance(value, torch.Tensor)
-            setattr(self, name, value.to(getattr(self, name).dtype).clone())
 
     def windows_of(self, i: int, kind: str) -> list[tuple[float, Window]]:
         """(key, window) for latent row i, valid entries only, best key first."""
@@ -188,7 +194,7 @@ class BatchContext:
         return tok_KW, self.codes_BSF[b_KW, p_KW, f_K[..., None].expand_as(p_KW)] * inside_KW
 
 
-class RandomPool:
+class RandomPool(_TensorFields):
     """Uniformly random windows shared by all latents: one random non-special token per sequence competes; the
     best `size` by (priority, sequence) are kept, with every tracked latent's codes over the window."""
 
@@ -219,15 +225,6 @@ class RandomPool:
         idx = best_k(joined["key_R"][None], joined["seq_R"][None], joined["pos_R"][None], self.key_R.shape[0])[0]
         for name, value in joined.items():
             setattr(self, name, value[idx])
-
-    def state_dict(self, prefix: str) -> State:
-        return {prefix + name: getattr(self, name).clone() for name in self.FIELDS}
-
-    def load_state_dict(self, state: Mapping[str, StateValue], prefix: str) -> None:
-        for name in self.FIELDS:
-            value = state[prefix + name]
-            assert isinstance(value, torch.Tensor)
-            setattr(self, name, value.to(getattr(self, name).dtype).clone())
 
 
 RANDOM_STREAM = 0

@@ -89,6 +89,26 @@ def _failed(name: str, verdict: Verdict[object]) -> Score:
     )
 
 
+async def _selection_score(
+    name: str,
+    explanation: str,
+    snippets: list[Snippet],
+    labels: list[bool],
+    messages: list[Message],
+    judge: Judge,
+    highlighted_only: bool,
+) -> Score:
+    """Ask which snippets match and score the selection against the labels. `highlighted_only`: the offline
+    answer judges the marked tokens only (fuzzing) rather than any token (detection)."""
+    question = Question(
+        messages,
+        lambda reply: parse_selection(reply, len(snippets)),
+        lambda: matching_snippets(explanation, snippets, highlighted_only=highlighted_only),
+        (name, explanation, snippets),
+    )
+    return _classification(name, labels, await judge.ask(question))
+
+
 def _classification(name: str, labels: list[bool], verdict: Verdict[frozenset[int]]) -> Score:
     if verdict.answer is None:
         return _failed(name, verdict)
@@ -144,13 +164,10 @@ class DetectionScorer:
         order = _rng(seed, examples.latent, 11).permutation(len(items)).tolist()
         items = [items[k] for k in order]
         snippets = [_snippet(w, decode) for w, _ in items]
-        question = Question(
-            detection_messages(explanation, [render_window(list(s.tokens)) for s in snippets]),
-            lambda reply: parse_selection(reply, len(snippets)),
-            lambda: matching_snippets(explanation, snippets, highlighted_only=False),
-            ("detection", explanation, snippets),
+        messages = detection_messages(explanation, [render_window(list(s.tokens)) for s in snippets])
+        return await _selection_score(
+            self.name, explanation, snippets, [y for _, y in items], messages, judge, highlighted_only=False
         )
-        return _classification(self.name, [y for _, y in items], await judge.ask(question))
 
 
 # ------------------------------------------------------------------------------------------------------- fuzzing
@@ -191,13 +208,12 @@ class FuzzingScorer:
                 items.append((_snippet(w, decode, wrong), False))
         items = [items[k] for k in rng.permutation(len(items)).tolist()]
         snippets = [s for s, _ in items]
-        question = Question(
-            fuzzing_messages(explanation, [render_window(list(s.tokens), list(s.highlight or ())) for s in snippets]),
-            lambda reply: parse_selection(reply, len(snippets)),
-            lambda: matching_snippets(explanation, snippets, highlighted_only=True),
-            ("fuzzing", explanation, snippets),
+        messages = fuzzing_messages(
+            explanation, [render_window(list(s.tokens), list(s.highlight or ())) for s in snippets]
         )
-        return _classification(self.name, [y for _, y in items], await judge.ask(question))
+        return await _selection_score(
+            self.name, explanation, snippets, [y for _, y in items], messages, judge, highlighted_only=True
+        )
 
 
 # ---------------------------------------------------------------------------------------------------- simulation

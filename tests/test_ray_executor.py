@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.run_folders import run_argv
 from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 from safetensors.torch import save_file
@@ -55,22 +56,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def args(workdir: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "run",
-        "--sae",
-        str(workdir / "saes"),
-        "--activations",
-        str(workdir / "acts.safetensors"),
-        "--metrics",
-        METRICS,
-        "--batch-size",
-        "32",
-        "--tokens",
-        "150",
-        "--out",
-        str(out),
-        *extra,
-    ]
+    return run_argv(workdir / "saes", workdir / "acts.safetensors", METRICS, 32, out, "--tokens", "150", *extra)
 
 
 def rows(out: Path) -> list[dict[str, str]]:

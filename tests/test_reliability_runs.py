@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import torch
 from helpers.llm_server import LLMServer
+from helpers.run_folders import output_files, run_argv
 from sae_lens import TopKSAE, TopKSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 from safetensors.torch import save_file
@@ -73,35 +74,8 @@ def fixed_build_date() -> Iterator[None]:
 
 
 def run_args(work: Path, out: Path, *extra: str, sae: Path | None = None) -> list[str]:
-    return [
-        "run",
-        "--sae",
-        str(sae or work / "saes"),
-        "--activations",
-        str(work / "acts.safetensors"),
-        "--metrics",
-        METRICS,
-        "--batch-size",
-        str(BATCH_TOKENS),
-        "--checkpoint-every",
-        "1",
-        "--out",
-        str(out),
-        *extra,
-    ]
-
-
-def outputs(out: Path) -> dict[str, bytes]:
-    """Every output file (not the cache), run.json without its execution block (timings, counts)."""
-    files = {
-        p.relative_to(out).as_posix(): p.read_bytes()
-        for p in out.rglob("*")
-        if p.is_file() and ".evalkit-cache" not in p.parts and p.name != ".evalkit-lock"
-    }
-    run = json.loads(files.pop("run.json"))
-    run.pop("execution")
-    files["run.json"] = json.dumps(run, sort_keys=True).encode()
-    return files
+    saes, acts = sae or work / "saes", work / "acts.safetensors"
+    return run_argv(saes, acts, METRICS, BATCH_TOKENS, out, "--checkpoint-every", "1", *extra)
 
 
 def execution(out: Path) -> dict[str, Any]:
@@ -137,7 +111,7 @@ def test_kill_during_the_pass_resumes_from_its_checkpoint(work: Path, uninterrup
     # killed after batch n, before its checkpoint: at most one interval (1 batch) is lost
     assert passes["resumed_at_batch"] == n - 1
     assert passes["batches_read"] == N_BATCHES - (n - 1) < fresh["batches_read"]
-    assert outputs(out) == outputs(uninterrupted)
+    assert output_files(out) == output_files(uninterrupted)
     assert not list((out / ".evalkit-cache" / "checkpoints").glob("*.ckpt"))  # removed once results are stored
     assert not list(out.rglob("*.tmp"))
 
@@ -153,7 +127,7 @@ def test_kill_at_a_seeded_point_of_each_stage_then_rerun_is_identical(
     proc = killed_run(run_args(work, out), stage, n)
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert main(run_args(work, out)) == 0
-    assert outputs(out) == outputs(uninterrupted)
+    assert output_files(out) == output_files(uninterrupted)
     assert not list(out.rglob("*.tmp"))
 
 
@@ -269,7 +243,7 @@ def test_damaged_shards_are_recomputed_with_a_warning_naming_them(work: Path, un
     assert main(run_args(work, out)) == 0
     assert str(shards[0]) in caplog.text and str(shards[3]) in caplog.text
     assert execution(out)["computed"] == 2
-    assert outputs(out) == outputs(uninterrupted)
+    assert output_files(out) == output_files(uninterrupted)
 
 
 # ------------------------------------------------------------------------------ 4: colliding SAE names

@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
+from helpers.run_folders import output_files, run_argv
 from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 from safetensors.torch import save_file
@@ -61,32 +62,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def args(workdir: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "run",
-        "--sae",
-        str(workdir / "saes"),
-        "--activations",
-        str(workdir / "acts.safetensors"),
-        "--metrics",
-        METRICS,
-        "--batch-size",
-        "32",
-        "--out",
-        str(out),
-        *extra,
-    ]
-
-
-def output_files(out: Path) -> dict[str, bytes]:
-    files = {
-        p.relative_to(out).as_posix(): p.read_bytes()
-        for p in out.rglob("*")
-        if p.is_file() and ".evalkit-cache" not in p.parts
-    }
-    run = json.loads(files.pop("run.json"))
-    run.pop("execution")
-    files["run.json"] = json.dumps(run, sort_keys=True).encode()
-    return files
+    return run_argv(workdir / "saes", workdir / "acts.safetensors", METRICS, 32, out, *extra)
 
 
 def execution(out: Path) -> dict:
