@@ -15,9 +15,8 @@ import torch
 
 from evalkit.core.records import EvalContext, MetricValue, SaeBatch, SparseCodes
 from metrics.base import State, StateValue, stream_metric, token_priority, weights_metric
+from metrics.weight_cosines import GRAM_BLOCK, decoder_cosine_pass, decoder_cosines
 
-DECODER_BLOCK = 1024
-"""Rows per block of the decoder Gram matrix: memory is DECODER_BLOCK × h floats, never h × h."""
 SAMPLE_TOKENS = 4096
 """Tokens kept for the report's ‖z‖ vs ‖f̃‖ scatter and ε_LBO histogram (DIR/afa/<stem>.csv)."""
 SAMPLE_COLUMNS = ("z_norm", "ftilde_norm", "eps_lbo")
@@ -188,51 +187,29 @@ class AfaEpsilon:
         return {name: rows_NC[:, j].tolist() for j, name in enumerate(SAMPLE_COLUMNS)}
 
 
-def unit_rows(W_FD: torch.Tensor) -> torch.Tensor:
-    """Rows scaled to unit norm (zero rows stay zero), float32."""
-    W = W_FD.detach().float()
-    return W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
-
-
-DUPLICATE_COSINE = 0.99
-"""Two unit decoder rows with |cos| above this count as a duplicate pair (docs/metrics.md, evalkit)."""
-
-
-def decoder_eps(W_dec_FD: torch.Tensor, block: int = DECODER_BLOCK) -> tuple[float, float]:
+def decoder_eps(W_dec_FD: torch.Tensor, block: int = GRAM_BLOCK) -> tuple[float, float]:
     """(max, mean) over i ≠ j of |⟨d̂_i, d̂_j⟩|; see `decoder_gram_stats`."""
     eps_max, eps_mean, _ = decoder_gram_stats(W_dec_FD, block)
     return eps_max, eps_mean
 
 
-def decoder_gram_stats(W_dec_FD: torch.Tensor, block: int = DECODER_BLOCK) -> tuple[float, float, int]:
-    """(max, mean, duplicate pairs) over i < j of |⟨d̂_i, d̂_j⟩|, from upper-triangle blocks of the Gram matrix.
-
-    Only blocks (I, J) with J ≥ I are computed (the matrix is symmetric), and in the diagonal blocks only the
-    strict upper triangle counts, so every unordered pair is seen exactly once. Duplicate pairs are those with
-    |cos| > DUPLICATE_COSINE.
-    """
-    d_hat = unit_rows(W_dec_FD)
-    h = d_hat.shape[0]
-    if h < 2:
-        return 0.0, 0.0, 0
-    total, largest, duplicates = 0.0, 0.0, 0
-    for start in range(0, h, block):
-        rows = d_hat[start : start + block]
-        gram = (rows @ d_hat[start:].T).abs_()
-        # The leading square is the diagonal block: keep only j > i there.
-        n = rows.shape[0]
-        gram[:, :n].triu_(diagonal=1)
-        total += float(gram.sum(dim=1).double().sum())  # row sums in float32: no float64 copy of the block
-        largest = max(largest, float(gram.max()))
-        duplicates += int((gram > DUPLICATE_COSINE).sum())
-    return largest, total / (h * (h - 1) / 2), duplicates
+def decoder_gram_stats(W_dec_FD: torch.Tensor, block: int = GRAM_BLOCK) -> tuple[float, float, int]:
+    """(max, mean, duplicate pairs) over i < j of |⟨d̂_i, d̂_j⟩|, from one blocked pass over the upper triangle of
+    the Gram matrix (metrics.weight_cosines). Duplicate pairs are those with |cos| > DUPLICATE_COSINE."""
+    summary = decoder_cosine_pass(W_dec_FD, block)
+    return summary.abs_max, summary.abs_mean, summary.duplicate_pairs
 
 
-@weights_metric("decoder_eps", group="afa", produces=("decoder_eps_max", "decoder_eps_mean", "decoder_duplicate_pairs"))
+@weights_metric(
+    "decoder_eps",
+    group="afa",
+    produces=("decoder_eps_max", "decoder_eps_mean", "decoder_duplicate_pairs"),
+    version=2,  # unit rows normalised in float64 (shared with saebench_weights' pass): values move by float rounding
+)
 def decoder_eps_metric(sae: torch.nn.Module, ctx: EvalContext) -> list[MetricValue]:
-    eps_max, eps_mean, duplicates = decoder_gram_stats(sae.W_dec)
+    summary = decoder_cosines(sae)  # one Gram pass per SAE, shared with saebench_weights
     return [
-        MetricValue("decoder_eps_max", eps_max),
-        MetricValue("decoder_eps_mean", eps_mean),
-        MetricValue("decoder_duplicate_pairs", float(duplicates)),
+        MetricValue("decoder_eps_max", summary.abs_max),
+        MetricValue("decoder_eps_mean", summary.abs_mean),
+        MetricValue("decoder_duplicate_pairs", float(summary.duplicate_pairs)),
     ]

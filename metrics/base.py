@@ -182,6 +182,9 @@ class MetricSpec:
     optional: tuple[str, ...] = ()
     """SAE-level names in `produces` that may be absent where they are undefined (e.g. a bimodality coefficient of
     constant values); every other name in `produces` is always emitted."""
+    on_request: bool = False
+    """Selected only when named in `--metrics` (its entry name or one of its metric names), never by its group or
+    `all`: costly entries a researcher asks for on purpose (saebench_weights: O(d_sae²·d_in) per SAE)."""
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -223,6 +226,7 @@ def _register(
     version: int,
     optional: Sequence[str] = (),
     jackknife: bool = False,
+    on_request: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     if group not in GROUPS:
         raise ValueError(f"unknown metric group {group!r}")
@@ -243,6 +247,7 @@ def _register(
             version,
             jackknife=jackknife,
             optional=tuple(optional),
+            on_request=on_request,
         )
         METRICS.add(name, spec)
         return factory
@@ -275,9 +280,10 @@ def weights_metric(
     requires: Sequence[str] = (),
     version: int = 1,
     optional: Sequence[str] = (),
+    on_request: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register a function `fn(sae, ctx) -> list[MetricValue]` of the weights alone."""
-    return _register("weights", name, group, produces, per_latent, requires, version, optional)
+    """Register a function `fn(sae, ctx) -> list[MetricValue]` of the weights alone (`on_request`: see MetricSpec)."""
+    return _register("weights", name, group, produces, per_latent, requires, version, optional, on_request=on_request)
 
 
 def group_metric(
@@ -314,7 +320,8 @@ def _metrics_package_path() -> list[str]:
 
 
 def select_metrics(selection: str, where: str = "--metrics") -> list[MetricSpec]:
-    """Resolve 'core,l0,alignment' (entry names, metric names, groups or 'all') to registered specs, in order."""
+    """Resolve 'core,l0,alignment' (entry names, metric names, groups or 'all') to registered specs, in order.
+    Entries registered `on_request` come only from their own names, never from a group or 'all'."""
     load_metric_modules()
     by_output: Mapping[str, MetricSpec] = {n: s for _, s in METRICS.items() for n in s.names}
     chosen: dict[str, MetricSpec] = {}
@@ -322,9 +329,9 @@ def select_metrics(selection: str, where: str = "--metrics") -> list[MetricSpec]
         if word == "autointerp":  # not a registered metric: the runner's autointerp stage handles it
             continue
         if word == "all":
-            matches = [s for _, s in METRICS.items()]
+            matches = [s for _, s in METRICS.items() if not s.on_request]
         elif word in GROUPS:
-            matches = [s for _, s in METRICS.items() if s.group == word]
+            matches = [s for _, s in METRICS.items() if s.group == word and not s.on_request]
         elif word in METRICS:
             matches = [METRICS.get(word)]
         elif word in by_output:

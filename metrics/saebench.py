@@ -15,7 +15,9 @@ formulas, including the ones that are not what their name says:
   previous one starts a new sequence.
 - weights: per latent `encoder_bias` (gated: b_mag; top-AFA: 0), `encoder_norm` ‖W_enc[:,i]‖,
   `encoder_decoder_cosine_sim`, `max_encoder_cosine_sim`, `max_decoder_cosine_sim` (the largest signed cosine
-  to any other latent, computed in blocks), and their SAE-level means `average_max_*_cosine_sim`.
+  to any other latent, computed in blocks), and their SAE-level means `average_max_*_cosine_sim`. This entry,
+  `saebench_weights`, runs only when named in --metrics (`all,saebench_weights`): its two Gram passes cost
+  O(d_sae²·d_in) per SAE. Without it the SAEBench JSON, which requires the averages, is not written.
 """
 
 from __future__ import annotations
@@ -28,11 +30,10 @@ import torch
 
 from evalkit.core.records import EvalContext, MetricValue, SaeBatch
 from metrics.base import State, StateValue, SumState, stream_metric, weights_metric
+from metrics.weight_cosines import decoder_cosines, max_cosine_to_others
 
 SEQ_INDEX_KEY = "seq_index"
 """SaeBatch.extras key under which the runner passes each kept token's sequence index."""
-MAX_COSINE_BLOCK = 1024
-"""Latents per block in the max-cosine pass: memory is block × d_sae, never d_sae × d_sae."""
 
 
 def _sequence_ids(positions_T: torch.Tensor) -> torch.Tensor:
@@ -150,25 +151,6 @@ class SaeBenchCore(SumState):
         return [v for v in values if math.isfinite(v.value)]
 
 
-def max_cosine_to_others(vectors_FD: torch.Tensor, block: int = MAX_COSINE_BLOCK) -> torch.Tensor:
-    """For each row, the largest cosine with any other row (signed, as SAEBench) [F] (float64).
-
-    The Gram matrix is symmetric, so only blocks on and right of the diagonal are computed (rows I against rows
-    ≥ I), each updating both its rows' and its columns' maxima: F²·d/2 multiply-adds, in float32 (a cosine to
-    ~1e-7), with memory `block` × F floats. At d_sae 24,576 this is what makes the weights metrics affordable.
-    """
-    unit_FD = torch.nn.functional.normalize(vectors_FD.detach().to("cpu", torch.float64), dim=-1).float()
-    n = unit_FD.shape[0]
-    out_F = torch.full((n,), -math.inf, dtype=torch.float32)
-    for start in range(0, n, block):
-        sims_BF = unit_FD[start : start + block] @ unit_FD[start:].T
-        rows = torch.arange(sims_BF.shape[0])
-        sims_BF[rows, rows] = -math.inf  # the leading square is the diagonal block
-        out_F[start : start + block] = torch.maximum(out_F[start : start + block], sims_BF.max(dim=1).values)
-        out_F[start:] = torch.maximum(out_F[start:], sims_BF.max(dim=0).values)
-    return out_F.double()
-
-
 def _encoder_bias(sae: Any) -> torch.Tensor:
     """The bias SAEBench reports: b_mag for gated SAEs, b_enc where it exists, else zeros (top-AFA)."""
     for name in ("b_enc", "b_mag"):
@@ -181,6 +163,9 @@ def _encoder_bias(sae: Any) -> torch.Tensor:
 @weights_metric(
     "saebench_weights",
     group="core",
+    # Two Gram passes (encoder, decoder) per SAE, O(d_sae²·d_in) whatever the token count: at d_sae 24,576 more
+    # than evaluating the SAE on 4,096 tokens with the model. Computed when named in --metrics, not by core/all.
+    on_request=True,
     produces=("average_max_encoder_cosine_sim", "average_max_decoder_cosine_sim"),
     per_latent=(
         "encoder_bias",
@@ -198,7 +183,8 @@ def saebench_weights(sae: Any, ctx: EvalContext) -> list[MetricValue]:
         "encoder_norm": w_enc_FD.norm(dim=-1),
         "encoder_decoder_cosine_sim": torch.nn.functional.cosine_similarity(w_enc_FD, w_dec_FD, dim=-1),
         "max_encoder_cosine_sim": max_cosine_to_others(w_enc_FD),
-        "max_decoder_cosine_sim": max_cosine_to_others(w_dec_FD),
+        # The decoder's pass is shared with decoder_eps (group afa): one Gram pass per SAE for both.
+        "max_decoder_cosine_sim": decoder_cosines(sae).max_signed_F,
     }
     values = [
         MetricValue("average_max_encoder_cosine_sim", float(per_latent["max_encoder_cosine_sim"].mean())),

@@ -157,7 +157,7 @@ def test_demo_request_is_the_run_commands(tmp_path: Path) -> None:
     paths = [tmp_path] * 6
     world = World(*paths, hook_name="blocks.1.hook_resid_post", d_model=32, seq_len=32, fingerprint="w:s:x")
     req = run_request(tmp_path / "out", tmp_path / "zoo", world, force=True)
-    assert (req.sae, req.metrics, req.autointerp) == ((str(tmp_path / "zoo"),), "all", "baseline")
+    assert (req.sae, req.metrics, req.autointerp) == ((str(tmp_path / "zoo"),), "all,saebench_weights", "baseline")
     assert (req.out, req.force, req.world) == (tmp_path / "out", True, world)
     # Every other field is what `evalkit run` defaults to.
     cli = RunRequest.from_args(build_parser().parse_args(["run", "--sae", str(tmp_path / "zoo")]))

@@ -44,7 +44,7 @@ COLUMNS = [
     "evalkit_version",
     "stderr",
 ]
-METRICS = "core,sparsity,downstream"
+METRICS = "core,sparsity,downstream,saebench_weights"  # saebench_weights: computed only when named
 ENTRIES_PER_SAE = 6  # reconstruction, shrinkage, sparsity_codes, saebench_core, saebench_weights, feature_density
 
 

@@ -104,7 +104,7 @@ def test_one_pass_serves_every_sae_and_metric(tmp_path: Path) -> None:
     load_metric_modules()
     src = CountingSource()
     outcome = run(tmp_path, select_metrics("core,sparsity,downstream"), src)
-    # the norm pre-pass and one evaluation pass, for 3 SAEs × 5 stream entries (+ 1 weights entry)
+    # the norm pre-pass and one evaluation pass, for 3 SAEs × 5 stream entries (saebench_weights only when named)
     assert src.passes == 2
     assert outcome.hooks["h"].ctx.n_tokens == N_SEQ * (SEQ - 1)
     skipped = {n.entry: n for n in outcome.skipped}
@@ -112,7 +112,7 @@ def test_one_pass_serves_every_sae_and_metric(tmp_path: Path) -> None:
     assert skipped["downstream"].sae_ids == ["s0", "s1", "s2"]
     src_again = CountingSource()
     rerun = run(tmp_path, select_metrics("core,sparsity,downstream"), src_again)
-    assert rerun.computed == [] and len(rerun.reused) == 3 * 6
+    assert rerun.computed == [] and len(rerun.reused) == 3 * 5
     assert src_again.passes == 1  # only the pre-pass (it fingerprints the data); no evaluation pass
 
 

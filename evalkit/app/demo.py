@@ -23,7 +23,8 @@ if TYPE_CHECKING:  # the world pulls in torch and transformer-lens: imported onl
 
 log = logging.getLogger(__name__)
 
-DEMO_METRICS = "all"
+DEMO_METRICS = "all,saebench_weights"
+"""Every default group, and the SAEBench weight cosines (cheap at the zoo's d_sae) so the SAEBench JSON is written."""
 DEMO_AUTOINTERP = "baseline"
 DEFAULT_OUT = Path("evalkit-out")
 

@@ -71,7 +71,8 @@ class RunRequest:
     seq_len: int | None = None
     """Tokens per sequence for text data."""
     metrics: str = "all"
-    """Comma-separated metric entries, metric names or groups, or 'all'."""
+    """Comma-separated metric entries, metric names or groups, or 'all'. Entries registered on request
+    (saebench_weights) come only from their own names, never from a group or 'all'."""
     device: str = "cpu"
     dtype: str = "float32"
     """SAE compute dtype (one of DTYPE_NAMES)."""

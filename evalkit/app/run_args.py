@@ -58,7 +58,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         default="all",
         help="comma-separated metric names or groups (core, downstream, "
         "sparsity, alignment, norm, afa, stability, concepts, probing, "
-        "autointerp, all); default all",
+        "autointerp, all); default all. saebench_weights (SAEBench's weight cosines, O(d_sae^2 d_in)) "
+        "runs only when named: all,saebench_weights",
     )
     p.add_argument("--out", default="evalkit-out", type=Path, help="output folder (default evalkit-out/)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")

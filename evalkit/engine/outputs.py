@@ -31,7 +31,7 @@ from evalkit.core.identity import JsonValue, stable_hash
 from evalkit.core.io import atomic_path, atomic_write_text, evalkit_version, file_stem
 from evalkit.core.records import Shard
 from evalkit.engine.runconfig import SaeLike
-from evalkit.engine.saebench import SaeBenchInputs, core_eval_output, missing_inputs
+from evalkit.engine.saebench import WEIGHTS_HINT, WEIGHTS_METRIC, SaeBenchInputs, core_eval_output, missing_inputs
 
 RESULTS_COLUMNS = (
     "sae_id",
@@ -329,5 +329,7 @@ def write_outputs(
     for missing, sae_ids in unwritten.items():
         # SAEBench's CoreEvalOutput requires every one of these; a file without them would not validate.
         reason = f"SAEBench 0.6.0 core JSON not written: it requires {missing}, which this run did not compute"
+        if WEIGHTS_METRIC in missing:
+            reason += f" ({WEIGHTS_HINT})"
         skipped.append({"entry": "saebench_json", "metrics": [], "reason": reason, "sae_ids": sae_ids})  # type: ignore[union-attr]
     atomic_write_text(out_dir / "run.json", json.dumps(run_info, indent=2, default=str) + "\n")

@@ -2,7 +2,8 @@
 
 The filter decides which tokens are evaluation tokens: special tokens out (by default), at most `n_tokens` of
 the rest (in source order), and optionally tokens whose norm exceeds M × the median. The pre-pass stores every
-evaluation token's norm (one float each, so exact quantiles) and fingerprints the data for the config hash.
+evaluation token's norm (one float each, so exact quantiles) and fingerprints the data for the config hash; when a
+model computes the batches it keeps them (up to REPLAY_BYTES) so the evaluation pass replays them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ from evalkit.core.identity import DataFingerprint, JsonValue
 from evalkit.core.progress import Progress
 from evalkit.core.records import EvalContext
 from evalkit.engine.runconfig import DataSource, EvalSettings, SaeLike
+
+REPLAY_BYTES = 256 * 2**20
+"""Activations the pre-pass keeps for the evaluation pass when a model computes them (256 MiB: GPT-2 small's
+768-d residual stream for ~87,000 tokens); past that the model runs to the hook again, so memory stays bounded."""
 
 
 @dataclass
@@ -168,9 +173,14 @@ class PassStats:
 
 
 def norm_prepass(hook: str, source: DataSource, settings: EvalSettings, members: Sequence[SaeLike]) -> HookData:
-    """Read the data once: validate it, keep evaluation-token norms, fingerprint it, build the EvalContext."""
+    """Read the data once: validate it, keep evaluation-token norms, fingerprint it, build the EvalContext.
+
+    A source that runs a model keeps its batches while they fit in REPLAY_BYTES: the returned HookData's source
+    then replays them, so the evaluation pass does not run the model to the hook a second time."""
     token_filter = TokenFilter(settings)
     stats = PassStats()
+    kept: list[ActivationBatch] | None = [] if source.model is not None else None
+    kept_bytes = 0
     with Progress(None, f"norm pre-pass at {hook}", "tokens") as progress:
         for i, batch in enumerate(source.open_batches()):
             progress.update(batch.acts_BSD.shape[0] * batch.acts_BSD.shape[1])
@@ -179,7 +189,20 @@ def norm_prepass(hook: str, source: DataSource, settings: EvalSettings, members:
             if keep_BS is None:
                 break
             stats.add(batch, keep_BS, settings.exclude_special)
-    return stats.hook_data(hook, source, settings, prepassed=True)
+            if kept is not None:
+                kept_bytes += batch.acts_BSD.numel() * batch.acts_BSD.element_size()
+                if kept_bytes > REPLAY_BYTES:
+                    kept = None  # too large to keep: the evaluation pass runs the model again
+                else:
+                    kept.append(batch)
+    data = stats.hook_data(hook, source, settings, prepassed=True)
+    return data if kept is None else replace(data, source=replaying(source, kept))
+
+
+def replaying(source: DataSource, batches: list[ActivationBatch]) -> DataSource:
+    """`source` whose `open_batches()` yields `batches` (what the pre-pass read) instead of computing them again;
+    everything else (description, fingerprint, model, skipping to a batch) is the source's own."""
+    return replace(source, open_batches=lambda: iter(batches))
 
 
 def provisional_hook_data(hook: str, source: DataSource, settings: EvalSettings) -> HookData:

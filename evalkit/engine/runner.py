@@ -10,6 +10,7 @@ the store is reused.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import time
@@ -193,9 +194,19 @@ class Runner:
         return provisional_hook_data(hook, source, self.settings)
 
     def _needs_prepass(self, source: DataSource) -> bool:
-        """The pre-pass reads the data an extra time; skip it when nothing needs norms before the pass."""
-        needs_norms = any("norm_stats" in sp.requires for sp in self.specs)
+        """The pre-pass reads the data an extra time; skip it when nothing needs norms before the pass. Stream
+        metrics read the norm statistics while they stream; weights metrics (alignment) only after the pass,
+        which has measured them by then (the same tokens, the same quantiles)."""
+        needs_norms = any("norm_stats" in sp.requires for sp in self.specs if sp.kind == "stream")
         return needs_norms or self.settings.max_norm_multiple is not None or not source.known_up_front()
+
+    def _norms_after_pass(self, data: HookData, members: Sequence[SaeLike]) -> HookData:
+        """The hook's data with its norm statistics, for weights metrics that need them: read once more only
+        when no pass measured them (nothing streamed and nothing stored, e.g. `--metrics alignment` alone)."""
+        wants = any("norm_stats" in sp.requires for sp in self.specs if sp.kind == "weights")
+        if not wants or data.prepassed or math.isfinite(data.ctx.median_norm):
+            return data
+        return norm_prepass(data.hook, data.source, self.settings, members)
 
     def _run_hook(
         self, data: HookData, members: Sequence[SaeLike], results: dict[str, SaeResult], grouped_ids: set[str]
@@ -238,6 +249,7 @@ class Runner:
         elif not data.prepassed:  # everything was cached: report what the pass that computed it measured
             known = self.store.load_data_stats(data_key)
             data = with_data_stats(data, known) if known else data
+        data = self._norms_after_pass(data, members)
         self.store.save_data_stats(data_key, data_stats(data))
         self.timings_s[f"stream:{data.hook}"] = time.perf_counter() - t0
         t0 = time.perf_counter()

@@ -56,6 +56,9 @@ REQUIRED_METRICS: dict[str, tuple[tuple[str, str], ...]] = {
         ("frac_alive", "frac_alive"),
     ),
 }
+WEIGHTS_METRIC = "average_max_encoder_cosine_sim"
+"""One of the values only the on-request entry `saebench_weights` computes (metrics/saebench.py)."""
+WEIGHTS_HINT = "the weight cosines are computed only when asked: --metrics all,saebench_weights"
 TOKEN_STATS = ("total_tokens_eval_reconstruction", "total_tokens_eval_sparsity_variance")
 # evalkit's own values, under keys SAEBench does not use, in the category they belong to.
 EVALKIT_KEYS: dict[str, tuple[tuple[str, str], ...]] = {

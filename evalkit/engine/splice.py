@@ -39,6 +39,7 @@ class PatchScorer:
         next_BS = torch.full(tokens_BS.shape, -1, dtype=torch.long, device=device)
         next_BS[:, :-1] = tokens_BS[:, 1:].to(device)
         self.next_T = next_BS[self.keep_BS]
+        self.position_T = self.keep_BS.nonzero()[:, 1]
         self.has_next_T = self.next_T >= 0
         self.clean_logp_TV = F.log_softmax(clean_logits_BSV[self.keep_BS].float(), dim=-1)
         self.clean_p_TV = self.clean_logp_TV.exp()
@@ -46,6 +47,13 @@ class PatchScorer:
     def ce_kl(self, logits_BSV: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(CE [T], KL [T]) of patched logits [B, S, V]."""
         logp_TV = F.log_softmax(logits_BSV[self.keep_BS].float(), dim=-1)
+        return self._ce(logp_TV), (self.clean_p_TV * (self.clean_logp_TV - logp_TV)).sum(-1)
+
+    def ce_kl_same_rows(self, logits_SV: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(CE [T], KL [T]) of a patched run whose logits are the same for every sequence of the batch [S, V]
+        (the zero ablation from a residual-stream hook): normalised once per position, then read per token."""
+        logp_SV = F.log_softmax(logits_SV.float(), dim=-1)
+        logp_TV = logp_SV[self.position_T]
         return self._ce(logp_TV), (self.clean_p_TV * (self.clean_logp_TV - logp_TV)).sum(-1)
 
     def clean_ce(self) -> torch.Tensor:
@@ -74,3 +82,17 @@ class Splicer:
             return new_acts_BSD.to(acts.dtype).reshape(acts.shape)
 
         return self.model.run_with_hooks(tokens_BS, return_type="logits", fwd_hooks=[(self.hook_name, replace)])
+
+    @property
+    def zero_rows_shared(self) -> bool:
+        """Whether a zero ablation gives every sequence the same logits: from a residual-stream hook the blocks
+        after it see only the (zero) residual stream, never the tokens, so one sequence stands for the batch."""
+        return self.start_layer is not None
+
+    @torch.no_grad()
+    def zero_ablated_logits(self, tokens_BS: torch.Tensor, acts_BSD: torch.Tensor) -> torch.Tensor:
+        """Logits with the hook's activations zeroed at every position: [S, V] for one sequence when
+        `zero_rows_shared` (1/B of the work), else [B, S, V]."""
+        if self.zero_rows_shared:
+            return self.logits(tokens_BS[:1], torch.zeros_like(acts_BSD[:1]))[0]
+        return self.logits(tokens_BS, torch.zeros_like(acts_BSD))

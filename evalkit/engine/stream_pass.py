@@ -208,8 +208,13 @@ def _clean_and_zero(
 ) -> tuple[PatchScorer, dict[str, torch.Tensor]]:
     assert tokens_BS is not None  # guaranteed by the 'tokens' requirement
     scorer = PatchScorer(splicer.logits(tokens_BS, acts_BSD), tokens_BS, keep_BS)
-    # Zero ablation replaces every position, as sae-lens does.
-    ce_zero_T, kl_zero_T = scorer.ce_kl(splicer.logits(tokens_BS, torch.zeros_like(acts_BSD)))
+    # Zero ablation replaces every position, as sae-lens does; from a residual-stream hook every sequence then
+    # has the same logits, so one sequence is run (engine/splice.py).
+    zero_logits = splicer.zero_ablated_logits(tokens_BS, acts_BSD)
+    if splicer.zero_rows_shared:
+        ce_zero_T, kl_zero_T = scorer.ce_kl_same_rows(zero_logits)
+    else:
+        ce_zero_T, kl_zero_T = scorer.ce_kl(zero_logits)
     return scorer, {"ce_clean": scorer.clean_ce(), "ce_zero": ce_zero_T, "kl_zero": kl_zero_T}
 
 
