@@ -244,9 +244,9 @@ class NormDetectors(SumState):
             ("norm_auroc", auroc_F),
             ("norm_renorm_survival", survival_F),
         ):
+            as_list = values_F.tolist()  # one conversion, not one tensor index per latent
             out += [
-                MetricValue(name, float(values_F[i]), latent=i)
-                for i in torch.isfinite(values_F).nonzero().flatten().tolist()
+                MetricValue(name, as_list[i], latent=i) for i in torch.isfinite(values_F).nonzero().flatten().tolist()
             ]
         return out
 

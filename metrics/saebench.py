@@ -151,6 +151,12 @@ class SaeBenchCore(SumState):
         return [v for v in values if math.isfinite(v.value)]
 
 
+def _decoder_max_cosines(sae: Any) -> torch.Tensor:
+    max_F = decoder_cosines(sae, signed_max=True).max_signed_F
+    assert max_F is not None  # asked for
+    return max_F
+
+
 def _encoder_bias(sae: Any) -> torch.Tensor:
     """The bias SAEBench reports: b_mag for gated SAEs, b_enc where it exists, else zeros (top-AFA)."""
     for name in ("b_enc", "b_mag"):
@@ -184,7 +190,7 @@ def saebench_weights(sae: Any, ctx: EvalContext) -> list[MetricValue]:
         "encoder_decoder_cosine_sim": torch.nn.functional.cosine_similarity(w_enc_FD, w_dec_FD, dim=-1),
         "max_encoder_cosine_sim": max_cosine_to_others(w_enc_FD),
         # The decoder's pass is shared with decoder_eps (group afa): one Gram pass per SAE for both.
-        "max_decoder_cosine_sim": decoder_cosines(sae).max_signed_F,
+        "max_decoder_cosine_sim": _decoder_max_cosines(sae),
     }
     values = [
         MetricValue("average_max_encoder_cosine_sim", float(per_latent["max_encoder_cosine_sim"].mean())),

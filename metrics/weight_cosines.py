@@ -31,40 +31,51 @@ def unit_rows_f32(vectors_FD: torch.Tensor) -> torch.Tensor:
 class DecoderCosines:
     """What the decoder metrics read from one pass over the decoder's Gram matrix."""
 
-    max_signed_F: torch.Tensor
-    """Per row, the largest signed cosine to any other row [d_sae] (float64; -inf for a single row)."""
     abs_max: float
     """max over i < j of |cos(d_i, d_j)| (0 with fewer than two rows)."""
     abs_mean: float
     """mean over i < j of |cos(d_i, d_j)|."""
     duplicate_pairs: int
     """pairs i < j with |cos| > DUPLICATE_COSINE."""
+    max_signed_F: torch.Tensor | None = None
+    """Per row, the largest signed cosine to any other row [d_sae] (float64; -inf for a single row); None when
+    the pass was not asked for it (two more reductions per block)."""
 
 
-def decoder_cosine_pass(W_dec_FD: torch.Tensor, block: int = GRAM_BLOCK) -> DecoderCosines:
+def decoder_cosine_pass(W_dec_FD: torch.Tensor, block: int = GRAM_BLOCK, signed_max: bool = True) -> DecoderCosines:
     """One pass over the upper-triangle blocks of the unit rows' Gram matrix (rows I against rows ≥ I).
 
-    Each block updates its rows' and its columns' signed maxima (the diagonal masked), then, as |cos| with the
-    leading square's diagonal and lower triangle zeroed, the sum, max and duplicate count over pairs i < j: every
-    unordered pair is seen once. Products in float32 (a cosine to ~1e-7), sums per row in float32 then float64.
+    Pairs i < j: in the leading (diagonal) square of each block its strict upper triangle, right of it every
+    entry, so every unordered pair is seen once; |cos| is summed per row (float32, then float64) and its max and
+    the duplicate count taken without writing |cos| out (the count only in blocks whose max exceeds the cut).
+    With `signed_max`, each block also updates its rows' and its columns' signed maxima (diagonal masked).
+    Products in float32: a cosine to ~1e-7.
     """
     unit_FD = unit_rows_f32(W_dec_FD)
     h = unit_FD.shape[0]
-    max_F = torch.full((h,), -math.inf, dtype=torch.float32)
+    max_F = torch.full((h,), -math.inf, dtype=torch.float32) if signed_max else None
     total, largest, duplicates = 0.0, 0.0, 0
     for start in range(0, h, block):
         sims = unit_FD[start : start + block] @ unit_FD[start:].T
         n = sims.shape[0]
-        rows = torch.arange(n)
-        sims[rows, rows] = -math.inf  # the leading square is the diagonal block
-        max_F[start : start + n] = torch.maximum(max_F[start : start + n], sims.max(dim=1).values)
-        max_F[start:] = torch.maximum(max_F[start:], sims.max(dim=0).values)
-        sims.abs_()[:, :n].triu_(diagonal=1)  # only j > i inside the diagonal block
-        total += float(sims.sum(dim=1).double().sum())
-        largest = max(largest, float(sims.max()))
-        duplicates += int((sims > DUPLICATE_COSINE).sum())
+        square = sims[:, :n].abs().triu_(diagonal=1)  # a copy: block × block
+        rest = sims[:, n:]
+        total += float(square.sum(dim=1).double().sum())
+        total += float(torch.linalg.vector_norm(rest, ord=1, dim=1).double().sum())
+        block_max = float(square.max())
+        if rest.numel():
+            lo, hi = torch.aminmax(rest)
+            block_max = max(block_max, float(hi), -float(lo))
+        largest = max(largest, block_max)
+        if block_max > DUPLICATE_COSINE:  # rare: only blocks holding a duplicate pair are counted
+            duplicates += int((square > DUPLICATE_COSINE).sum()) + int((rest.abs() > DUPLICATE_COSINE).sum())
+        if max_F is not None:
+            rows = torch.arange(n)
+            sims[rows, rows] = -math.inf
+            max_F[start : start + n] = torch.maximum(max_F[start : start + n], sims.max(dim=1).values)
+            max_F[start:] = torch.maximum(max_F[start:], sims.max(dim=0).values)
     mean = total / (h * (h - 1) / 2) if h >= 2 else 0.0
-    return DecoderCosines(max_F.double(), largest if h >= 2 else 0.0, mean, duplicates)
+    return DecoderCosines(largest if h >= 2 else 0.0, mean, duplicates, None if max_F is None else max_F.double())
 
 
 _CACHE: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple[object, ...], DecoderCosines]] = (
@@ -77,13 +88,14 @@ def _weights_key(W: torch.Tensor) -> tuple[object, ...]:
     return (W.data_ptr(), W._version, tuple(W.shape), W.dtype, str(W.device))
 
 
-def decoder_cosines(sae: torch.nn.Module) -> DecoderCosines:
-    """The decoder cosine summary of `sae`, computed once per SAE (and weights version) for every metric."""
+def decoder_cosines(sae: torch.nn.Module, signed_max: bool = False) -> DecoderCosines:
+    """The decoder cosine summary of `sae`, computed once per SAE (and weights version) for every metric; a
+    summary without the per-row signed maxima is computed again only for a caller that needs them."""
     key = _weights_key(sae.W_dec)
     cached = _CACHE.get(sae)
-    if cached is not None and cached[0] == key:
+    if cached is not None and cached[0] == key and (cached[1].max_signed_F is not None or not signed_max):
         return cached[1]
-    summary = decoder_cosine_pass(sae.W_dec)
+    summary = decoder_cosine_pass(sae.W_dec, signed_max=signed_max)
     _CACHE[sae] = (key, summary)
     return summary
 

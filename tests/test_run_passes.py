@@ -103,3 +103,22 @@ def test_zero_ablation_runs_one_sequence_from_a_residual_hook(hook: str) -> None
         got_ce, got_kl = scorer.ce_kl(zero)
     torch.testing.assert_close(got_ce, want_ce, atol=1e-5, rtol=1e-5, equal_nan=True)
     torch.testing.assert_close(got_kl, want_kl, atol=1e-5, rtol=1e-5)
+
+
+def test_chunked_ce_kl_equals_the_whole_batch_formula(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scorer works ROW_CHUNK tokens at a time; each token's CE and KL equal the whole-batch formula's."""
+    import evalkit.engine.splice as splice
+
+    gen = torch.Generator().manual_seed(0)
+    tokens_BS = torch.randint(0, 50, (3, 7), generator=gen)
+    clean_BSV, patched_BSV = torch.randn(3, 7, 50, generator=gen) * 3, torch.randn(3, 7, 50, generator=gen) * 3
+    keep_BS = torch.rand(3, 7, generator=gen) > 0.3
+    clean_TV = torch.log_softmax(clean_BSV[keep_BS], dim=-1)
+    patched_TV = torch.log_softmax(patched_BSV[keep_BS], dim=-1)
+    next_BS = torch.cat([tokens_BS[:, 1:], torch.full((3, 1), -1)], dim=1)[keep_BS]
+    want_ce = torch.where(next_BS >= 0, -patched_TV.gather(-1, next_BS.clamp_min(0)[:, None])[:, 0], torch.nan)
+    want_kl = (clean_TV.exp() * (clean_TV - patched_TV)).sum(-1)
+    monkeypatch.setattr(splice, "ROW_CHUNK", 4)
+    got_ce, got_kl = PatchScorer(clean_BSV, tokens_BS, keep_BS).ce_kl(patched_BSV)
+    torch.testing.assert_close(got_ce, want_ce, equal_nan=True, atol=0, rtol=0)
+    torch.testing.assert_close(got_kl, want_kl, atol=1e-7, rtol=1e-6)

@@ -40,12 +40,16 @@ def test_one_pass_equals_the_separate_definitions(h: int, block: int) -> None:
     W_FD = torch.randn(h, 12, generator=gen) * torch.rand(h, 1, generator=gen) * 3
     W_FD[5] = -2.5 * W_FD[7]  # an exact duplicate pair, opposite sign: |cos| = 1
     got = decoder_cosine_pass(W_FD, block)
+    assert got.max_signed_F is not None
     signed_max, abs_max, abs_mean, duplicates = separate_passes(W_FD)
     torch.testing.assert_close(got.max_signed_F, signed_max, atol=1e-6, rtol=0)
     assert got.abs_max == pytest.approx(abs_max, abs=1e-6)
     assert got.abs_mean == pytest.approx(abs_mean, rel=1e-6)
     assert got.duplicate_pairs == duplicates >= 1
     torch.testing.assert_close(got.max_signed_F, max_cosine_to_others(W_FD, block), atol=1e-7, rtol=0)
+    unsigned = decoder_cosine_pass(W_FD, block, signed_max=False)
+    assert (unsigned.abs_max, unsigned.abs_mean, unsigned.duplicate_pairs) == (got.abs_max, got.abs_mean, duplicates)
+    assert unsigned.max_signed_F is None
 
 
 def test_hand_case_duplicates_and_maxima() -> None:
@@ -54,6 +58,7 @@ def test_hand_case_duplicates_and_maxima() -> None:
     got = decoder_cosine_pass(W_FD, block=2)
     assert got.duplicate_pairs == 3 and got.abs_max == pytest.approx(1.0)
     assert got.abs_mean == pytest.approx(3 / 6)
+    assert got.max_signed_F is not None
     torch.testing.assert_close(got.max_signed_F, torch.tensor([1.0, 1.0, -0.0, 0.0], dtype=torch.float64))
     assert DUPLICATE_COSINE == 0.99
 
@@ -61,16 +66,16 @@ def test_hand_case_duplicates_and_maxima() -> None:
 def test_decoder_pass_runs_once_per_sae_and_again_after_training() -> None:
     torch.manual_seed(0)
     sae = StandardSAE(StandardSAEConfig(d_in=8, d_sae=40))
-    first = decoder_cosines(sae)
+    first = decoder_cosines(sae, signed_max=True)  # saebench_weights runs first (group core) when it is asked for
     assert decoder_cosines(sae) is first  # the second metric gets the cached summary
     eps = {v.metric: v.value for v in decoder_eps_metric(sae, CTX)}
     assert (eps["decoder_eps_max"], eps["decoder_eps_mean"]) == (first.abs_max, first.abs_mean)
     detail = {v.latent: v.value for v in saebench_weights(sae, CTX) if v.metric == "max_decoder_cosine_sim"}
-    assert [detail[i] for i in range(40)] == first.max_signed_F.tolist()
+    assert first.max_signed_F is not None and [detail[i] for i in range(40)] == first.max_signed_F.tolist()
     with torch.no_grad():
         sae.W_dec.mul_(-1.0).add_(0.3)  # an in-place update: the summary must follow the new weights
-    second = decoder_cosines(sae)
-    assert second is not first
+    second = decoder_cosines(sae, signed_max=True)
+    assert second is not first and second.max_signed_F is not None
     torch.testing.assert_close(second.max_signed_F, max_cosine_to_others(sae.W_dec), atol=1e-7, rtol=0)
 
 

@@ -8,6 +8,7 @@ forward pass with a hook that replaces the activations.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -25,12 +26,18 @@ def resume_layer(hook_name: str) -> int | None:
     return layer if m.group(2) == "pre" else layer + 1
 
 
+ROW_CHUNK = 128
+"""Evaluation tokens per chunk of the CE/KL computation: its temporaries are ROW_CHUNK × vocabulary floats (26 MB
+for GPT-2), which the allocator reuses and the cache holds, where whole-batch temporaries (823 MB at 4,096 tokens)
+are fresh pages every time. Every operation is row-wise, so each token's values are those of the whole batch."""
+
+
 class PatchScorer:
     """Per-token CE and KL(p_clean ‖ p_patched) at the evaluation tokens of one batch.
 
     The clean run's log-probabilities are computed once per batch and reused for every patched run (every SAE
-    and the zero ablation); only the evaluation tokens' rows are normalised. CE at position t predicts token
-    t+1 and is NaN at a sequence's last position.
+    and the zero ablation); only the evaluation tokens' rows are normalised, ROW_CHUNK tokens at a time. CE at
+    position t predicts token t+1 and is NaN at a sequence's last position.
     """
 
     def __init__(self, clean_logits_BSV: torch.Tensor, tokens_BS: torch.Tensor, keep_BS: torch.Tensor) -> None:
@@ -40,28 +47,50 @@ class PatchScorer:
         next_BS[:, :-1] = tokens_BS[:, 1:].to(device)
         self.next_T = next_BS[self.keep_BS]
         self.position_T = self.keep_BS.nonzero()[:, 1]
+        self.row_T = self.keep_BS.flatten().nonzero().squeeze(1)  # each token's row in the flattened [B·S, V]
         self.has_next_T = self.next_T >= 0
-        self.clean_logp_TV = F.log_softmax(clean_logits_BSV[self.keep_BS].float(), dim=-1)
+        flat_NV = clean_logits_BSV.flatten(0, 1)
+        self.clean_logp_TV = torch.empty(len(self.row_T), flat_NV.shape[-1], device=device)
+        for start, stop in self._chunks():
+            self.clean_logp_TV[start:stop] = F.log_softmax(flat_NV[self.row_T[start:stop]].float(), dim=-1)
         self.clean_p_TV = self.clean_logp_TV.exp()
+
+    def _chunks(self) -> list[tuple[int, int]]:
+        n = len(self.row_T)
+        return [(start, min(start + ROW_CHUNK, n)) for start in range(0, n, ROW_CHUNK)]
 
     def ce_kl(self, logits_BSV: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(CE [T], KL [T]) of patched logits [B, S, V]."""
-        logp_TV = F.log_softmax(logits_BSV[self.keep_BS].float(), dim=-1)
-        return self._ce(logp_TV), (self.clean_p_TV * (self.clean_logp_TV - logp_TV)).sum(-1)
+        flat_NV = logits_BSV.flatten(0, 1)
+        return self._ce_kl(lambda start, stop: F.log_softmax(flat_NV[self.row_T[start:stop]].float(), dim=-1))
 
     def ce_kl_same_rows(self, logits_SV: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(CE [T], KL [T]) of a patched run whose logits are the same for every sequence of the batch [S, V]
         (the zero ablation from a residual-stream hook): normalised once per position, then read per token."""
         logp_SV = F.log_softmax(logits_SV.float(), dim=-1)
-        logp_TV = logp_SV[self.position_T]
-        return self._ce(logp_TV), (self.clean_p_TV * (self.clean_logp_TV - logp_TV)).sum(-1)
+        return self._ce_kl(lambda start, stop: logp_SV[self.position_T[start:stop]])
+
+    def _ce_kl(self, logp_of: Callable[[int, int], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """CE and KL chunk by chunk; `logp_of(start, stop)` gives a fresh [stop − start, V] tensor of the patched
+        log-probabilities (overwritten here)."""
+        ce_T = torch.empty(len(self.row_T), device=self.clean_p_TV.device)
+        kl_T = torch.empty_like(ce_T)
+        for start, stop in self._chunks():
+            logp_CV = logp_of(start, stop)
+            ce_T[start:stop] = self._ce(logp_CV, self.next_T[start:stop], self.has_next_T[start:stop])
+            # p·(log p − log q) in place: (−log q) + log p is exactly log p − log q.
+            kl_T[start:stop] = (
+                logp_CV.neg_().add_(self.clean_logp_TV[start:stop]).mul_(self.clean_p_TV[start:stop]).sum(-1)
+            )
+        return ce_T, kl_T
 
     def clean_ce(self) -> torch.Tensor:
-        return self._ce(self.clean_logp_TV)
+        return self._ce(self.clean_logp_TV, self.next_T, self.has_next_T)
 
-    def _ce(self, logp_TV: torch.Tensor) -> torch.Tensor:
-        picked_T = logp_TV.gather(-1, self.next_T.clamp_min(0)[:, None]).squeeze(-1)
-        return torch.where(self.has_next_T, -picked_T, torch.full_like(picked_T, float("nan")))
+    @staticmethod
+    def _ce(logp_TV: torch.Tensor, next_T: torch.Tensor, has_next_T: torch.Tensor) -> torch.Tensor:
+        picked_T = logp_TV.gather(-1, next_T.clamp_min(0)[:, None]).squeeze(-1)
+        return torch.where(has_next_T, -picked_T, torch.full_like(picked_T, float("nan")))
 
 
 class Splicer:

@@ -122,8 +122,9 @@ def _fold_topk(sae: TopKSAE) -> None:
 
 # ----------------------------------------------------------------------------------------- firing on pairs
 
-PAIR_CHUNK = 32768
-"""(token, latent) pairs per chunk in `fires_on_pairs`: the gathered encoder columns are PAIR_CHUNK × d_in floats."""
+PAIR_CHUNK = 4096
+"""(token, latent) pairs per chunk in `fires_on_pairs`: the gathered encoder rows are PAIR_CHUNK × d_in floats (small
+enough to stay in cache)."""
 
 
 @functools.singledispatch
@@ -144,9 +145,11 @@ def _pair_scores(
 ) -> torch.Tensor:
     """⟨sae_in[t], W[:, i]⟩ + b[i] for each pair (t, i), in chunks so memory stays PAIR_CHUNK × d_in."""
     out = torch.empty(token_N.shape[0], dtype=sae_in_TD.dtype, device=sae_in_TD.device)
+    # Latents as contiguous rows: gathering rows is several times faster than gathering strided columns.
+    W_FD = W_DF.T.contiguous()
     for start in range(0, token_N.shape[0], PAIR_CHUNK):
         tok, lat = token_N[start : start + PAIR_CHUNK], latent_N[start : start + PAIR_CHUNK]
-        out[start : start + PAIR_CHUNK] = (sae_in_TD[tok] * W_DF[:, lat].T).sum(-1) + b_F[lat]
+        out[start : start + PAIR_CHUNK] = (sae_in_TD[tok] * W_FD[lat]).sum(-1) + b_F[lat]
     return out
 
 
