@@ -1,6 +1,6 @@
 """The world's massive activations: BOS far above every ordinary token and excluded from the norm figures; among
 ordinary tokens a planted heavy tail whose size follows the context (a piecewise-linear function of a projection
-of the last MLP's input) along several directions."""
+of the last MLP's input) along many directions, mixed, each carrying its share."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from evalkit.world.build import SIZES, build_world, hook_activations, norm_stats
+from evalkit.world.build import CALIBRATION_SEQUENCES, SIZES, build_world, hook_activations, norm_stats
 from evalkit.world.massive import (
     TailSpec,
     clear_reserved,
@@ -64,6 +64,19 @@ def test_norm_stats_hand_case() -> None:
     assert stats["mean_over_median"] == pytest.approx(33.0 / 4)
 
 
+def test_norm_stats_pca_share_hand_case() -> None:
+    """Centred tokens (±3, 0) and (0, ±1): eigenvalues 18 and 2, so the best line holds 90% of the variance."""
+
+    class Tok:
+        @staticmethod
+        def convert_tokens_to_ids(tok: str) -> int:
+            return 0
+
+    acts_NSD = torch.tensor([[[9.0, 9.0], [3.0, 0.0], [-3.0, 0.0]], [[9.0, 9.0], [0.0, 1.0], [0.0, -1.0]]])
+    stats = norm_stats(acts_NSD, torch.tensor([[0, 5, 5], [0, 5, 5]]), Tok(), ("<bos>",), pca_dims=(1, 2))  # type: ignore[arg-type]
+    assert stats["pca_variance_share"] == {"1": pytest.approx(0.9), "2": pytest.approx(1.0)}
+
+
 def test_small_world_norm_figures(world) -> None:
     norms = world.info["norms"]
     stored = load_file(str(world.corpus_path))
@@ -72,6 +85,37 @@ def test_small_world_norm_figures(world) -> None:
     assert norms["planted_over_median"]["<bos>"] >= 100  # BOS carries the largest norm
     assert norms["max_over_median"] < norms["planted_over_median"]["<bos>"]
     assert 0 < norms["variance_share_above_10x"] < 1 and stored["tokens"].shape[1] == world.seq_len
+    assert norms["mean_over_median"] > 1.1  # the tail lifts the mean well above the median
+    shares = list(norms["pca_variance_share"].values())
+    assert 0 < shares[0] < shares[1] <= 1 + 1e-9
+
+
+def _extra_along_write_directions(world, tokens_NS: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """(the planted component along each write direction [T, K], the median token norm without it)."""
+    model = load_world_model(world.model_dir)
+    plain = copy.deepcopy(model)
+    clear_reserved(plain, SIZES["small"].model.tail)
+    with_tail = hook_activations(model, tokens_NS, world.hook_name)[:, 1:].reshape(-1, world.d_model)
+    without = hook_activations(plain, tokens_NS, world.hook_name)[:, 1:].reshape(-1, world.d_model)
+    _, write_KD = tail_directions(world.d_model, SIZES["small"].model.tail)
+    return (with_tail - without) @ write_KD.T, float(without.norm(dim=-1).median())
+
+
+def test_every_direction_carries_its_share_and_large_tokens_mix_several(world) -> None:
+    """On the calibration tokens each of the K directions fires on 1 - q0 of the tokens (its own quantile) and
+    holds about 1/K of the tail's variance: no few directions take the tail (with quantiles pooled over the
+    directions, 6 of 96 held 87% of it). The large tokens' extra components mix several directions."""
+    tail = SIZES["small"].model.tail
+    tokens = load_file(str(world.corpus_path))["tokens"][:CALIBRATION_SEQUENCES]  # the train split comes first
+    along_TK, median = _extra_along_write_directions(world, tokens)
+    expected = 1 - tail.anchors[0][0]
+    fires_K = (along_TK > 0.01 * median).double().mean(0)
+    assert bool(((fires_K > 0.8 * expected) & (fires_K < 1.2 * expected)).all()), fires_K
+    share_K = along_TK.pow(2).sum(0) / along_TK.pow(2).sum()
+    assert float(share_K.max()) < 2 / tail.n_directions and float(share_K.min()) > 0.5 / tail.n_directions
+    large_T = along_TK.norm(dim=1) > 3 * median
+    assert int(large_T.sum()) > 20
+    assert float((along_TK[large_T].abs() > 0.5 * median).sum(1).double().mean()) > 1.4
 
 
 def test_planted_tail_follows_the_context_along_several_directions(world) -> None:

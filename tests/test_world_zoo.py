@@ -126,6 +126,8 @@ def test_default_world_and_zoo() -> None:
     assert norms["planted_over_median"]["<bos>"] >= 100
     assert 0.1 <= norms["variance_share_above_10x"] <= 0.6
     assert 10 <= norms["max_over_median"] <= 60
+    assert 1.3 <= norms["mean_over_median"] <= 3
+    assert norms["pca_variance_share"]["6"] < 0.4  # the tail is not confined to a few directions
     zoo = build_zoo(world)
     records = json.loads((zoo / "zoo.json").read_text())["saes"]
     assert len(records) >= 28

@@ -66,6 +66,11 @@ def describe_world(world: World) -> None:
         norms["max_over_median"],
         norms["median"],
     )
+    if "pca_variance_share" in norms:
+        log.info(
+            "variance share inside the best k-dimensional subspace (PCA): %s",
+            ", ".join(f"k={k}: {100 * v:.1f}%" for k, v in norms["pca_variance_share"].items()),
+        )
     for token, norm in norms["planted_norm"].items():
         log.info(
             "special token %-6s mean norm %.1f = %.1f x median (excluded from evaluation)",

@@ -23,7 +23,9 @@ from metrics.norm import OUTLIER_MULTIPLE
 
 log = logging.getLogger(__name__)
 
-WORLD_VERSION = 3  # 3: BOS >= 100x median; context-dependent tail on ordinary tokens (evalkit.world.massive)
+# 3: BOS >= 100x median; context-dependent tail on ordinary tokens (evalkit.world.massive)
+# 4: the tail mixes 96 directions (read directions overlapping), quantiles per direction on 1024 sequences
+WORLD_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,8 @@ SIZES: dict[str, WorldSize] = {
             warmup_steps=5,
             massive_dims=(3, 11, 20),
             massive_value_bos=600.0,
-            tail=TailSpec(n_directions=3),
+            # 8 groups from 4 read dimensions; quantiles low enough that ~1,000 evaluation tokens show a tail
+            tail=TailSpec(n_directions=8, read_rank=4, anchors=((0.95, 0.0), (0.99, 3.0), (0.999, 12.0))),
         ),
     ),
 }
@@ -130,16 +133,23 @@ def hook_activations(
     return torch.cat(out)
 
 
+PCA_DIMS = (6, 32)
+"""Subspace sizes for `pca_variance_share` (6: the previous world's tail span)."""
+
+
 def norm_stats(
     acts_NSD: torch.Tensor,
     tokens_NS: torch.Tensor,
     tokenizer: PreTrainedTokenizerFast,
     planted: tuple[str, ...],
+    pca_dims: tuple[int, ...] = PCA_DIMS,
 ) -> dict[str, object]:
     """Norm figures at the hook over ordinary tokens (the planted special tokens, BOS, excluded as evaluation
     excludes them), and each planted token's mean norm.
 
     `variance_share_above_10x`: the share of Σ‖x − mean‖² held by tokens above OUTLIER_MULTIPLE x the median.
+    `pca_variance_share`: the share of Σ‖x − mean‖² inside the best k-dimensional subspace (top principal
+    components), for k in `pca_dims`: a heavy tail confined to a few directions would show here as a large share.
     """
     norms_NS = acts_NSD.norm(dim=-1)
     planted_ids = torch.tensor([tokenizer.convert_tokens_to_ids(t) for t in planted])
@@ -153,8 +163,10 @@ def norm_stats(
         mask = tokens_NS == tokenizer.convert_tokens_to_ids(tok)
         if mask.any():
             per_class[tok] = float(norms_NS[mask].mean())
-    variance_T = (acts_TD - acts_TD.mean(0)).pow(2).sum(-1)
+    centred_TD = acts_TD - acts_TD.mean(0)
+    variance_T = centred_TD.pow(2).sum(-1)
     above_T = norms_T > OUTLIER_MULTIPLE * median
+    eigen_D = torch.linalg.eigvalsh(centred_TD.T @ centred_TD).flip(0).clamp_min(0)
     return {
         "n_tokens": int(len(norms_T)),
         "quantiles": {str(q): float(torch.quantile(norms_T, q)) for q in qs},
@@ -163,13 +175,15 @@ def norm_stats(
         "max_over_median": float(norms_T.max()) / median,
         "frac_above_10x": float(above_T.double().mean()),
         "variance_share_above_10x": float(variance_T[above_T].sum() / variance_T.sum()),
+        "pca_variance_share": {str(k): float(eigen_D[:k].sum() / eigen_D.sum()) for k in pca_dims},
         "planted_norm": per_class,
         "planted_over_median": {k: v / median for k, v in per_class.items()},
     }
 
 
-CALIBRATION_SEQUENCES = 256
-"""Training sequences whose projections fix the tail's quantiles (evalkit.world.massive)."""
+CALIBRATION_SEQUENCES = 1024
+"""Training sequences whose projections fix the tail's quantiles (evalkit.world.massive): 130k tokens, so
+even a 0.99995 quantile rests on several tokens."""
 
 
 def _plant_tail(model: torch.nn.Module, part: dict[str, np.ndarray], size: WorldSize) -> dict[str, float]:
