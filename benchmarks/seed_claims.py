@@ -56,7 +56,9 @@ def main() -> int:
             row["verdict"].upper(),
             row["spread_note"],
         )
-    path = write_claims(table, args.out or args.run)
+    out = args.out or args.run
+    out.mkdir(parents=True, exist_ok=True)
+    path = write_claims(table, out)
     log.info("wrote %s", path)
     return 0
 
