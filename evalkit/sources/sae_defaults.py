@@ -42,6 +42,21 @@ def _agreed(saes: Sequence[Any], key: str, flag: str) -> Any:
     return next(iter(values.values()))[0] if values else None
 
 
+def same_model_name(a: str, b: object) -> bool:
+    """Whether two names are one model: equal, or aliases transformer-lens resolves to one official name
+    (`gpt2` and gpt2-small-res-jb's `gpt2-small`). Local paths and unknown names match only themselves."""
+    if not isinstance(b, str):
+        return False
+    if a == b:
+        return True
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+
+    try:
+        return bool(get_official_model_name(a) == get_official_model_name(b))
+    except ValueError:
+        return False
+
+
 def model_defaults(saes: Sequence[Any], model: str | None, hook: str) -> ModelDefaults:
     """Settings for the model source serving `saes` (all evaluated at `hook`)."""
     sae_model = _agreed(saes, "model_name", "--model")
@@ -50,8 +65,9 @@ def model_defaults(saes: Sequence[Any], model: str | None, hook: str) -> ModelDe
         raise EvalkitInputError(saes[0].path, "its config names no model_name; pass --model")
     context = _agreed(saes, "context_size", "--seq-len")
     prepend = _agreed(saes, "prepend_bos", "separate runs for the two settings")
-    # The SAE's model processing applies only to the model it was trained on.
-    kwargs = _agreed(saes, "model_from_pretrained_kwargs", "--model") if model in (None, sae_model) else None
+    # The SAE's model processing applies only to the model it was trained on (under any of its names).
+    same_model = model is None or same_model_name(model, sae_model)
+    kwargs = _agreed(saes, "model_from_pretrained_kwargs", "--model") if same_model else None
     return ModelDefaults(
         model=str(chosen),
         hook=hook,
