@@ -60,6 +60,37 @@ GROUP_SETS = {
 DEFAULT_GROUP_SETS = [name for name in GROUP_SETS if name != "+saebench_weights"]
 
 
+class PeakAnon:
+    """Peak anonymous resident memory (RssAnon: not file-backed pages such as a memory-mapped activation file) of
+    this process while the block runs, sampled every 20 ms by a thread (MiB)."""
+
+    def __enter__(self) -> PeakAnon:
+        self.kib, self._stop = 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("RssAnon:"):
+                    self.kib = max(self.kib, int(line.split()[1]))
+            time.sleep(0.02)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def mib(self) -> float:
+        return self.kib / 1024
+
+
+def load_line() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs"
+
+
 def cpu_s() -> float:
     t = os.times()
     return t.user + t.system
@@ -218,26 +249,34 @@ def speed(n_saes: int, n_tokens: int, group_sets: list[str], saelens_saes: int) 
         HOOK,
         torch.get_num_threads(),
     )
-    fw, fc = floor(model, saes, tokens)
-    log.info("%-26s %9s %9s %9s %9s", "", "wall s", "cpu s", "x floor", "tokens/s")
-    log.info("%-26s %9.1f %9.1f %9.2f %9.0f", "floor", fw, fc, 1.0, tokens.numel() / fw)
+    load_metric_modules()  # imports (scikit-learn, scipy) are not evaluation time
+    log.info("start: %s", load_line())
+    with PeakAnon() as peak:
+        fw, fc = floor(model, saes, tokens)
+    head = ("", "wall s", "cpu s", "x floor", "x floor", "tokens/s", "peak anon")
+    log.info("%-32s %8s %8s %8s %8s %9s %10s", *head)
+    log.info("%-32s %8s %8s %8s %8s %9s %10s", "", "", "", "(wall)", "(cpu)", "(wall)", "MiB")
+    row = "%-32s %8.1f %8.1f %8.2f %8.2f %9.0f %10.0f"
+    log.info(row, "floor", fw, fc, 1.0, 1.0, tokens.numel() / fw, peak.mib)
     core_wall = None
     l0 = []
     for name in group_sets:
         w0, c0 = time.perf_counter(), cpu_s()
-        runner = run_evalkit(handles, model_source(model, tokens), GROUP_SETS[name])
+        with PeakAnon() as peak:
+            runner = run_evalkit(handles, model_source(model, tokens), GROUP_SETS[name])
         w, c = time.perf_counter() - w0, cpu_s() - c0
         outcome = runner.outcome  # type: ignore[attr-defined]
         l0 = [v.value for r in outcome.results for sh in r.shards for v in sh.values if v.metric == "l0"]
         core_wall = core_wall or w
-        log.info("%-26s %9.1f %9.1f %9.2f %9.0f", "evalkit " + name, w, c, w / fw, tokens.numel() / w)
+        log.info(row, "evalkit " + name, w, c, w / fw, c / fc, tokens.numel() / w, peak.mib)
     log.info("SAE l0: %s", ", ".join(f"{v:.1f}" for v in l0))
+    log.info("after evalkit: %s", load_line())
     if saelens_saes and core_wall is not None:
         sw, sc = run_saelens(model, saes[:saelens_saes], tokens)
         scale = n_saes / saelens_saes
         log.info(
             "sae-lens run_evals on %d SAE(s): wall %.1f s, cpu %.1f s%s; per SAE %.1f s vs evalkit "
-            "core+downstream+sparsity %.1f s per SAE: evalkit %.2fx faster",
+            "core+downstream+sparsity %.1f s per SAE: evalkit %.2fx faster (wall)",
             saelens_saes,
             sw,
             sc,
@@ -246,41 +285,30 @@ def speed(n_saes: int, n_tokens: int, group_sets: list[str], saelens_saes: int) 
             core_wall / n_saes,
             (sw / saelens_saes) / (core_wall / n_saes),
         )
+        log.info("sae-lens per SAE as a multiple of the floor: %.2f (wall)", sw * scale / fw)
+    log.info("end: %s", load_line())
 
 
 def anon_memory_worker(n_tokens: int, acts_path: Path) -> None:
     """One engine run on the activation file (core+sparsity, two SAEs); prints the peak RssAnon (MiB) as JSON."""
     from evalkit.sources.files import ActivationFileSource
 
-    peak = {"kib": 0}
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("RssAnon:"):
-                    peak["kib"] = max(peak["kib"], int(line.split()[1]))
-            time.sleep(0.02)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    acts = ActivationFileSource(acts_path, n_tokens=n_tokens, batch_size=4096)
-    source = DataSource(
-        lambda: iter(acts),
-        {"kind": "file"},
-        None,
-        HOOK,
-        fingerprint=f"mem:{n_tokens}",
-        has_tokens=False,
-        label_names=(),
-    )
-    sample_acts = torch.randn(2048, D_MODEL, generator=torch.Generator().manual_seed(5))
-    saes = calibrated_saes(2, D_MODEL, D_SAE, sample_acts)
-    handles: list[SaeLike] = [handle_from_sae(s, f"sae{i}") for i, s in enumerate(saes)]
-    w, c = timed(lambda: run_evalkit(handles, source, "core,sparsity"))
-    stop.set()
-    thread.join()
-    print(json.dumps({"n_tokens": n_tokens, "peak_anon_mib": peak["kib"] / 1024, "wall_s": w, "cpu_s": c}))
+    with PeakAnon() as peak:
+        acts = ActivationFileSource(acts_path, n_tokens=n_tokens, batch_size=4096)
+        source = DataSource(
+            lambda: iter(acts),
+            {"kind": "file"},
+            None,
+            HOOK,
+            fingerprint=f"mem:{n_tokens}",
+            has_tokens=False,
+            label_names=(),
+        )
+        sample_acts = torch.randn(2048, D_MODEL, generator=torch.Generator().manual_seed(5))
+        saes = calibrated_saes(2, D_MODEL, D_SAE, sample_acts)
+        handles: list[SaeLike] = [handle_from_sae(s, f"sae{i}") for i, s in enumerate(saes)]
+        w, c = timed(lambda: run_evalkit(handles, source, "core,sparsity"))
+    print(json.dumps({"n_tokens": n_tokens, "peak_anon_mib": peak.mib, "wall_s": w, "cpu_s": c}))
 
 
 def memory(token_counts: list[int]) -> None:
