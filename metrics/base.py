@@ -14,6 +14,11 @@ contract test tests/test_metrics_state.py holds every registered stream metric t
 randomness from `token_priority` of each token's stable key (`SaeBatch.token_keys`), never from a generator's
 position, so the sample of a merged stream is the sample of the whole stream.
 
+Leave-one-out values: the jackknife (metrics.jackknife) recomputes an accumulator K more times, wanting only the
+SAE-level values that get a stderr (`MetricSpec.stderr_names`). An accumulator whose compute() also builds costly
+per-latent or thresholded values may define `compute_named(names: frozenset[str]) -> list[MetricValue]`: those
+SAE-level values only (the same numbers compute() gives for them); without it, compute() is used.
+
 Per-token samples: a stream accumulator may also define `samples() -> dict[str, list[float]] | None` (see
 `SamplingMetric`): equal-length float columns, e.g. a seeded reservoir of evaluation tokens, for the report's
 plots. The runner stores them inside that metric's cached shard (so resumed and cached runs reproduce them
@@ -179,6 +184,18 @@ class MetricSpec:
     jackknife: bool = True
     """Stream metrics: report token-level standard errors (metrics.jackknife). Off where K + 1 computes are too
     costly (probe fits); the stderr of those values is then null."""
+    no_stderr: tuple[str, ...] = ()
+    """SAE-level names in `produces` whose stderr stays null although the entry has a jackknife: statistics that
+    are not smooth functions of token means, e.g. counts of latents past a threshold (a latent flips in or out
+    when a block is left out: the delete-a-block jackknife overstates their spread, docs/uncertainty.md)."""
+
+    @property
+    def stderr_names(self) -> tuple[str, ...]:
+        """The SAE-level names that get a token-level stderr (none unless a stream metric with a jackknife)."""
+        if self.kind != "stream" or not self.jackknife:
+            return ()
+        return tuple(n for n in self.produces if n not in self.no_stderr)
+
     optional: tuple[str, ...] = ()
     """SAE-level names in `produces` that may be absent where they are undefined (e.g. a bimodality coefficient of
     constant values); every other name in `produces` is always emitted."""
@@ -227,6 +244,7 @@ def _register(
     optional: Sequence[str] = (),
     jackknife: bool = False,
     on_request: bool = False,
+    no_stderr: Sequence[str] = (),
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     if group not in GROUPS:
         raise ValueError(f"unknown metric group {group!r}")
@@ -234,6 +252,8 @@ def _register(
         raise ValueError(f"metric {name!r}: unknown requirements {sorted(unknown)}")
     if stray := set(optional) - set(produces):
         raise ValueError(f"metric {name!r}: optional names {sorted(stray)} are not in produces")
+    if stray := set(no_stderr) - set(produces):
+        raise ValueError(f"metric {name!r}: no_stderr names {sorted(stray)} are not in produces")
 
     def deco(factory: Callable[..., Any]) -> Callable[..., Any]:
         spec = MetricSpec(
@@ -246,6 +266,7 @@ def _register(
             frozenset(requires),
             version,
             jackknife=jackknife,
+            no_stderr=tuple(no_stderr),
             optional=tuple(optional),
             on_request=on_request,
         )
@@ -265,10 +286,14 @@ def stream_metric(
     version: int = 1,
     optional: Sequence[str] = (),
     jackknife: bool = True,
+    no_stderr: Sequence[str] = (),
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register an accumulator class `cls(sae, ctx)` with update/compute (and the state protocol, which gives
-    its SAE-level values token-level standard errors unless `jackknife=False`)."""
-    return _register("stream", name, group, produces, per_latent, requires, version, optional, jackknife)
+    its SAE-level values token-level standard errors unless `jackknife=False`; the names in `no_stderr` get
+    none)."""
+    return _register(
+        "stream", name, group, produces, per_latent, requires, version, optional, jackknife, no_stderr=no_stderr
+    )
 
 
 def weights_metric(

@@ -31,7 +31,8 @@ def f1_matrix(tp_FL: torch.Tensor, fires_F: torch.Tensor, label_counts_L: torch.
     produces=("concept_aligned_frac", "concept_coverage"),
     per_latent=("concept_best_f1", "concept_best_index"),
     requires=("labels",),
-    version=2,  # v2 shards carry the label names that concept_best_index refers to
+    version=3,  # v2 shards carry the label names that concept_best_index refers to; v3: no stderr
+    no_stderr=("concept_aligned_frac", "concept_coverage"),  # shares of latents/labels past an F1 threshold
 )
 class ConceptAlignment:
     """Streams co-occurrence counts of latent firing and label presence."""

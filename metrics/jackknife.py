@@ -13,13 +13,17 @@ sequence stays inside a block. At the end:
   differentiates the ratio, where a per-token standard deviation would treat the denominator as a constant;
 - `evalkit.core.uncertainty.jackknife_stderr` turns them into a standard error, attached to each SAE-level value.
 
-Cost: K small accumulators instead of one, and K + 1 calls of `compute()` at the end (K ≈ 32).
+Only the SAE-level values that get a stderr are recomputed without each block (`MetricSpec.stderr_names`, through
+the accumulator's `compute_named` when it has one): counts of latents past a threshold get none (their
+leave-one-out values are not smooth in the data), and per-latent values are never rebuilt K times.
+
+Cost: K small accumulators instead of one, and K + 1 computes of the wanted values at the end (K ≈ 32).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import fields, replace
 from typing import Any
 
@@ -41,14 +45,19 @@ Factory = Callable[[Any, EvalContext], Any]
 
 
 RUNS_PER_BATCH = 8
-"""A source batch is cut into at most this many runs of whole sequences, dealt round-robin to the blocks: a run of
-≥ K/8 batches fills all K blocks, and a one-batch run still has 8. Each run is one update call per accumulator, so
-more runs cost Python overhead (benchmarks/bench_uncertainty.py measures it)."""
+"""A source batch is cut into at most this many runs of whole sequences, dealt round-robin to the blocks. Each run
+is one update call per accumulator, so runs cost Python overhead: when the number of batches is known (a
+pre-pass counted the tokens), a batch is cut into just enough runs to fill the K blocks, ⌈K / n_batches⌉ — whole
+batches are blocks once there are ≥ K batches; otherwise into min(K, 8), so a one-batch run still has 8."""
 
 
-def seqs_per_block(n_seq_in_batch: int, n_blocks: int) -> int:
-    """Sequences per run: a batch of n sequences is cut into min(K, RUNS_PER_BATCH) runs."""
-    return max(1, -(-n_seq_in_batch // min(n_blocks, RUNS_PER_BATCH)))
+def seqs_per_block(n_seq_in_batch: int, n_blocks: int, n_batches: int = 0) -> int:
+    """Sequences per run: a batch of n sequences is cut into min(K, RUNS_PER_BATCH, ⌈K / n_batches⌉) runs
+    (n_batches = 0: not known)."""
+    runs = min(n_blocks, RUNS_PER_BATCH)
+    if n_batches > 0:
+        runs = min(runs, max(1, -(-n_blocks // n_batches)))
+    return max(1, -(-n_seq_in_batch // runs))
 
 
 def block_index(seq_index_T: torch.Tensor, seqs_per_run: int, n_blocks: int) -> torch.Tensor:
@@ -94,10 +103,14 @@ def _slice_codes(codes: SparseCodes, start: int, stop: int) -> SparseCodes:
 
 
 class BlockJackknife:
-    """One accumulator per block of whole sequences; `compute()` attaches a jackknife stderr to SAE-level values."""
+    """One accumulator per block of whole sequences; `compute()` attaches a jackknife stderr to SAE-level values
+    (those named in `stderr_names`; None = every SAE-level value)."""
 
-    def __init__(self, factory: Factory, sae: Any, ctx: EvalContext) -> None:
+    def __init__(
+        self, factory: Factory, sae: Any, ctx: EvalContext, stderr_names: Collection[str] | None = None
+    ) -> None:
         self.factory, self.sae, self.ctx = factory, sae, ctx
+        self.stderr_names = None if stderr_names is None else frozenset(stderr_names)
         self.blocks: dict[int, StreamingMetric] = {}
         self.sizes: dict[int, int] = {}
         self._result: list[MetricValue] | None = None
@@ -139,7 +152,9 @@ class BlockJackknife:
         return self._merged
 
     def _leave_one_out(self) -> list[list[MetricValue]]:
-        """compute() without each block in turn: prefix[j] (blocks < j) merged with the suffix (blocks > j)."""
+        """The wanted values without each block in turn: prefix[j] (blocks < j) merged with the suffix (blocks
+        > j). Each prefix is consumed by its leave-one-out; the suffix grows in place (merge leaves its argument
+        unchanged), so about K + 1 states are copied, not 2K."""
         order = sorted(self.blocks)
         prefixes: list[StreamingMetric | None] = [None]
         for b in order[:-1]:
@@ -152,18 +167,29 @@ class BlockJackknife:
         suffix: StreamingMetric | None = None
         for j in range(len(order) - 1, -1, -1):
             prefix = prefixes[j]
-            if prefix is None:
-                loo = self._clone(suffix) if suffix is not None else self.factory(self.sae, self.ctx)
+            if prefix is None:  # j = 0: the suffix is not needed afterwards
+                loo = suffix if suffix is not None else self.factory(self.sae, self.ctx)
             else:
-                loo = prefix  # not needed any more: merge the suffix into it in place
+                loo = prefix
                 if suffix is not None:
                     loo.merge(suffix)
-            out[j] = loo.compute()
-            block = self._clone(self.blocks[order[j]])
-            if suffix is not None:
-                block.merge(suffix)
-            suffix = block
+            out[j] = self._wanted(loo)
+            if j > 0:
+                if suffix is None:
+                    suffix = self._clone(self.blocks[order[j]])
+                else:
+                    suffix.merge(self.blocks[order[j]])
         return out
+
+    def _wanted(self, acc: StreamingMetric) -> list[MetricValue]:
+        """The SAE-level values that get a stderr (the accumulator's `compute_named` when it has one)."""
+        compute_named = getattr(acc, "compute_named", None)
+        if self.stderr_names is not None and callable(compute_named):
+            return list(compute_named(self.stderr_names))
+        return [v for v in acc.compute() if v.latent is None and self._wants(v.metric)]
+
+    def _wants(self, metric: str) -> bool:
+        return self.stderr_names is None or metric in self.stderr_names
 
     def compute(self) -> list[MetricValue]:
         if self._result is not None:
@@ -171,17 +197,16 @@ class BlockJackknife:
         values = self._merge_all().compute()
         order = sorted(self.blocks)
         sizes = [self.sizes[b] for b in order]
-        if sum(1 for s in sizes if s > 0) < 2:
+        if sum(1 for s in sizes if s > 0) < 2 or self.stderr_names == frozenset():
             self._result = values
             return values
-        loo = [{(v.metric, v.latent): v.value for v in vals} for vals in self._leave_one_out()]
+        loo = [{v.metric: v.value for v in vals} for vals in self._leave_one_out()]
         with_se = []
-        for v in values:
-            se = None
-            if v.latent is None:
-                thetas = [d.get((v.metric, None), float("nan")) for d in loo]
-                se = jackknife_stderr(v.value, thetas, sizes)
-            with_se.append(replace(v, stderr=se))
+        for v in values:  # per-latent values pass through untouched (no stderr; d_sae of them)
+            if v.latent is None and self._wants(v.metric):
+                thetas = [d.get(v.metric, float("nan")) for d in loo]
+                v = replace(v, stderr=jackknife_stderr(v.value, thetas, sizes))
+            with_se.append(v)
         self._result = with_se
         return with_se
 
@@ -233,7 +258,7 @@ def with_jackknife(factory: Factory, sae: Any, ctx: EvalContext) -> Any:
 
 def stream_factory(spec: MetricSpec, stderr_blocks: int) -> Factory:
     """The factory every executor builds a stream metric's accumulators with (local runner, Ray units, merges):
-    a BlockJackknife around the metric's own when standard errors are on for it."""
-    if spec.jackknife and stderr_blocks >= 2 and supports_state(spec.factory):
-        return functools.partial(BlockJackknife, spec.factory)
+    a BlockJackknife around the metric's own when standard errors are on and some of its values get one."""
+    if spec.stderr_names and stderr_blocks >= 2 and supports_state(spec.factory):
+        return functools.partial(BlockJackknife, spec.factory, stderr_names=spec.stderr_names)
     return spec.factory

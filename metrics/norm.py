@@ -123,6 +123,16 @@ class _QuartileSums(SumState):
         return out
 
 
+DETECTOR_COUNTS = (
+    "norm_detectors",
+    "norm_detectors_q4",
+    "norm_detectors_auroc",
+    "norm_detectors_renorm",
+    "sink_detectors",
+)
+"""Counts of latents past thresholds: no token-level stderr (not smooth in the data, docs/uncertainty.md)."""
+
+
 @stream_metric(
     "norm",
     group="norm",
@@ -145,6 +155,8 @@ class _QuartileSums(SumState):
     ),
     per_latent=("norm_q4_share", "norm_auroc", "norm_renorm_survival"),
     requires=("positions", "norm_stats"),
+    version=2,  # v2: no stderr for the detector counts (docs/uncertainty.md)
+    no_stderr=DETECTOR_COUNTS,
 )
 class NormDetectors(SumState):
     """Streams per-latent firing statistics against token norms; see the module docstring."""
@@ -216,6 +228,15 @@ class NormDetectors(SumState):
         super().merge(other)
         self.max_position = max(self.max_position, other.max_position)
         self.quartiles.merge(other.quartiles)
+
+    def compute_named(self, names: frozenset[str]) -> list[MetricValue]:
+        """SAE-level values among `names`; the per-latent statistics (AUROC histograms) only when a detector count
+        is asked for."""
+        if names & set(DETECTOR_COUNTS):
+            values = self.compute()
+        else:
+            values = [MetricValue("norm_outlier_tokens", float(self.outliers)), *self.quartiles.compute()]
+        return [v for v in values if v.latent is None and v.metric in names]
 
     def compute(self) -> list[MetricValue]:
         fires = self.fires_F.double()

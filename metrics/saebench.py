@@ -46,6 +46,15 @@ def _sequence_ids(positions_T: torch.Tensor) -> torch.Tensor:
     return starts_T.cumsum(0)
 
 
+LATENT_SHARES = (
+    "freq_over_1_percent",
+    "freq_over_10_percent",
+    "normalized_freq_over_1_percent",
+    "normalized_freq_over_10_percent",
+)
+"""Shares of latents (or of firing mass) past a density threshold: no token-level stderr."""
+
+
 @stream_metric(
     "saebench_core",
     group="core",
@@ -59,6 +68,8 @@ def _sequence_ids(positions_T: torch.Tensor) -> torch.Tensor:
         "normalized_freq_over_10_percent",
     ),
     per_latent=("consistent_activation_heuristic",),
+    version=2,  # v2: no stderr for the shares of latents past a density threshold (docs/uncertainty.md)
+    no_stderr=LATENT_SHARES,
 )
 class SaeBenchCore(SumState):
     """SAEBench's per-batch-normalised mse, input/output norms, density shares and per-sequence firing counts."""
@@ -125,22 +136,14 @@ class SaeBenchCore(SumState):
         self.fires_F = self.fires_F + other.fires_F
         self.seqs_F = self.seqs_F + other.seqs_F
 
+    def compute_named(self, names: frozenset[str]) -> list[MetricValue]:
+        """SAE-level values among `names`, without the per-latent heuristic."""
+        return [v for v in self._sae_level() if v.metric in names and math.isfinite(v.value)]
+
     def compute(self) -> list[MetricValue]:
-        if self.n_tokens == 0 or self.fires_F is None or self.seqs_F is None:
+        values = self._sae_level()
+        if not values or self.fires_F is None or self.seqs_F is None:
             return []
-        n = self.n_tokens
-        density_F = self.fires_F / n
-        total = float(density_F.sum())
-        over1, over10 = density_F > 0.01, density_F > 0.1
-        values = [
-            MetricValue("mse_saebench", self.sum_err_over_batch / n),
-            MetricValue("l2_norm_in", self.sum_norm_in / n),
-            MetricValue("l2_norm_out", self.sum_norm_out / n),
-            MetricValue("freq_over_1_percent", float(over1.to(torch.float64).mean())),
-            MetricValue("freq_over_10_percent", float(over10.to(torch.float64).mean())),
-            MetricValue("normalized_freq_over_1_percent", float(density_F[over1].sum()) / total if total else 0.0),
-            MetricValue("normalized_freq_over_10_percent", float(density_F[over10].sum()) / total if total else 0.0),
-        ]
         # A latent that never fired has no sequences: SAEBench writes 0/0 = NaN; evalkit writes no row.
         cah_F = self.fires_F / self.seqs_F.clamp_min(1.0)
         values += [
@@ -149,6 +152,23 @@ class SaeBenchCore(SumState):
             if s > 0
         ]
         return [v for v in values if math.isfinite(v.value)]
+
+    def _sae_level(self) -> list[MetricValue]:
+        if self.n_tokens == 0 or self.fires_F is None or self.seqs_F is None:
+            return []
+        n = self.n_tokens
+        density_F = self.fires_F / n
+        total = float(density_F.sum())
+        over1, over10 = density_F > 0.01, density_F > 0.1
+        return [
+            MetricValue("mse_saebench", self.sum_err_over_batch / n),
+            MetricValue("l2_norm_in", self.sum_norm_in / n),
+            MetricValue("l2_norm_out", self.sum_norm_out / n),
+            MetricValue("freq_over_1_percent", float(over1.to(torch.float64).mean())),
+            MetricValue("freq_over_10_percent", float(over10.to(torch.float64).mean())),
+            MetricValue("normalized_freq_over_1_percent", float(density_F[over1].sum()) / total if total else 0.0),
+            MetricValue("normalized_freq_over_10_percent", float(density_F[over10].sum()) / total if total else 0.0),
+        ]
 
 
 def _decoder_max_cosines(sae: Any) -> torch.Tensor:

@@ -18,6 +18,8 @@ DENSE_THRESHOLD = 0.1
     group="sparsity",
     produces=("dead_features", "frac_alive", "dense_features"),
     per_latent=("feature_density",),
+    version=2,  # v2: no stderr (counts of latents past a threshold, docs/uncertainty.md)
+    no_stderr=("dead_features", "frac_alive", "dense_features"),
 )
 class FeatureDensity:
     """Counts firings per latent; memory is one int64 vector of d_sae, whatever n_tokens is."""

@@ -217,3 +217,17 @@ def test_merge_with_evicting_samplers(spec: MetricSpec, monkeypatch: pytest.Monk
     first, second = fed(spec, sae, ctx, batches[:2]), fed(spec, sae, ctx, batches[2:])
     second.merge(first)
     assert_same(second, whole)
+
+
+@pytest.mark.parametrize("spec", [s for s in STREAM_METRICS if hasattr(s.factory, "compute_named")], ids=case_id)
+def test_compute_named_gives_the_same_values_as_compute(
+    spec: MetricSpec, stream: tuple[Any, list[SaeBatch], EvalContext]
+) -> None:
+    """The jackknife's shortcut (metrics.base: `compute_named`) returns exactly compute()'s SAE-level values for
+    the names asked, and nothing else — for the names that get a stderr and for every SAE-level name."""
+    sae, batches, ctx = stream
+    acc = fed(spec, sae, ctx, batches)
+    full = {v.metric: v.value for v in acc.compute() if v.latent is None}
+    for names in (frozenset(spec.stderr_names), frozenset(spec.produces)):
+        got = {v.metric: v.value for v in acc.compute_named(names)}
+        assert got == {k: v for k, v in full.items() if k in names}

@@ -197,15 +197,16 @@ def test_few_blocks_give_no_stderr() -> None:
 
 
 def test_runner_attaches_stderr_to_stream_metrics_and_none_to_weight_metrics(tmp_path) -> None:
-    """A real run: every SAE-level core/downstream value has a finite stderr; alignment (weights alone) has none;
-    results.csv ends with the stderr column, empty for alignment; --stderr-blocks 0 turns them off."""
+    """A real run: every SAE-level core/downstream value has a finite stderr; alignment (weights alone) has none,
+    nor have counts of latents past a threshold (dead_features, SAEBench's freq_over_*); results.csv ends with the
+    stderr column, empty for alignment; --stderr-blocks 0 turns them off."""
     from helpers.run_support import handles, model_source, run_specs, tiny_saes, tiny_tokens, trained_tiny_model
 
     from evalkit.engine.outputs import RESULTS_COLUMNS, SaeOutput, write_outputs
     from evalkit.engine.runconfig import EvalSettings
 
     source = model_source(trained_tiny_model(), tiny_tokens(n_seq=48), batch_size=16)
-    outcome = run_specs(handles(tiny_saes()), source, "core,downstream,alignment", tmp_path / "a")
+    outcome = run_specs(handles(tiny_saes()), source, "core,downstream,alignment,sparsity", tmp_path / "a")
     for result in outcome.results:
         values = [v for sh in result.shards for v in sh.values if v.latent is None]
         stream = [v for v in values if v.metric in STREAM_WITH_STDERR]
@@ -213,7 +214,8 @@ def test_runner_attaches_stderr_to_stream_metrics_and_none_to_weight_metrics(tmp
         assert all(v.stderr is not None and math.isfinite(v.stderr) for v in stream), stream
         assert all(v.stderr is None for v in values if v.metric.startswith("alignment"))
         se = {v.metric: v.stderr for v in values}
-        assert se["mse"] > 0 and se["ce_loss_score"] > 0 and se["kl_div_score"] > 0
+        assert se["mse"] > 0 and se["ce_loss_score"] > 0 and se["kl_div_score"] > 0 and se["mse_saebench"] > 0
+        assert se["dead_features"] is None and se["dense_features"] is None and se["freq_over_1_percent"] is None
     write_outputs(tmp_path / "a", [SaeOutput(r.handle, r.hook, r.shards) for r in outcome.results], {}, {})
     import pandas as pd
 

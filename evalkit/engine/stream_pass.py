@@ -154,7 +154,8 @@ def _batch_loop(
         progress.update(stats.n_read - n_read_before)
         n_seq_seen += keep_BS.shape[0]
         if keep_BS.any():
-            _update_all(states, batch, keep_BS, n_seq_seen, splicer, observers, settings)
+            known = data.n_tokens_read if data.prepassed else 0
+            _update_all(states, batch, keep_BS, n_seq_seen, splicer, observers, settings, known)
         fault_point("pass")
         if checkpointer is not None and checkpointer.due(i + 1):
             checkpointer.save(
@@ -177,7 +178,9 @@ def _update_all(
     splicer: Splicer | None,
     observers: Sequence[BatchObserver],
     settings: EvalSettings,
+    n_tokens_read: int = 0,
 ) -> None:
+    """`n_tokens_read`: tokens the pass will read (from the pre-pass; 0 = not known), for the jackknife's runs."""
     n_seq, seq_len = keep_BS.shape
     acts_BSD = batch.acts_BSD.float()
     scorer, base_extras = _clean_and_zero(splicer, batch.tokens_BS, acts_BSD, keep_BS) if splicer else (None, {})
@@ -186,8 +189,10 @@ def _update_all(
     base_extras[SEQ_INDEX_KEY] = seq_BS.expand(n_seq, seq_len)[keep_BS]
     if settings.stderr_blocks >= 2:
         # Runs of whole sequences sized from the settings (sources fill batches with batch_size // seq_len
-        # sequences), so every token shard of a split run cuts its sequences the same way.
-        run_len = seqs_per_block(max(1, settings.batch_size // seq_len), settings.stderr_blocks)
+        # sequences) and the pre-pass's token count, so every token shard of a split run cuts them the same way.
+        seqs_per_batch = max(1, settings.batch_size // seq_len)
+        n_batches = -(-n_tokens_read // (seqs_per_batch * seq_len))
+        run_len = seqs_per_block(seqs_per_batch, settings.stderr_blocks, n_batches)
         base_extras[BLOCK_KEY] = block_index(base_extras[SEQ_INDEX_KEY], run_len, settings.stderr_blocks)
     for st in states:
         _update_sae(st, batch, acts_BSD, keep_BS, splicer, scorer, base_extras, observers)
