@@ -184,6 +184,23 @@ def test_aux_loss_is_on_with_the_papers_coefficient() -> None:
     assert float(out.losses["auxiliary_reconstruction_loss"]) == 0
 
 
+def test_aux_loss_is_the_residuals_normalized_error_in_input_units() -> None:
+    """Hand case: one dead latent (k_aux = d_in/2 = 1, scale 1/1) with decoder row (1, 0); inputs x = (±2, ±2)
+    (Var(x) summed over d = 8), outputs x̂ = x·0.5 + (0, 0) so the residual e = x/2 (Var(e) = 2); the dead latent's
+    pre-activation 1 gives ê = (1, 0). ‖ê − e‖² is 1, 5, 1, 5 (mean 3), so the loss is α · 3 · 8/2 = 12α: the
+    OpenAI reference's normalized_mse(ê, e) = 3/2, times Var(x) = 8 to be in the summed-MSE units of the main loss
+    (sae-lens' unnormalized aux would be 3α)."""
+    from evalkit.sae.variants.common import topk_aux_loss
+
+    x_BD = torch.tensor([[2.0, 2.0], [-2.0, -2.0], [2.0, -2.0], [-2.0, 2.0]])
+    e_BD = x_BD / 2
+    expected_mse = float(((torch.tensor([1.0, 0.0]) - e_BD) ** 2).sum(-1).mean())
+    assert expected_mse == 3.0
+    step_input = TrainStepInput(x_BD, {}, torch.ones(1, dtype=torch.bool), 0, False)
+    loss = topk_aux_loss(step_input, x_BD / 2, torch.ones(4, 1), torch.tensor([[1.0, 0.0]]), 1 / 32)
+    assert float(loss) == pytest.approx(12 / 32)
+
+
 def test_cosine_trains_under_sae_lens_trainer(tmp_path) -> None:
     sae = build("cosine_topk")
     cfg = SAETrainerConfig(total_training_samples=BATCH * 30, train_batch_size_samples=BATCH, lr=3e-3, lr_end=3e-3)

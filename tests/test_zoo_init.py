@@ -1,4 +1,5 @@
-"""The zoo's outlier-aware initialisation: its directions on planted data, and the batch-top-k failure it fixes."""
+"""The zoo's initialisation: no duplicate latents at the start, the outlier-aware option's directions on planted data,
+and the batch-top-k failure it fixes."""
 
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ def _unit_rows(W_FD: torch.Tensor) -> torch.Tensor:
 def test_outlier_aware_init_sets_one_latent_and_orthogonalises_the_rest() -> None:
     acts_ND, _, u_D = massive_tokens()
     sae = _fresh_sae(32, 128)
-    init_from_data(sae, acts_ND, seed=0, directions=True, outlier_aware=True)
+    init_from_data(sae, acts_ND, outlier_aware=True)
     found_D = outlier_directions(acts_ND - sae.b_dec)[0]
     assert torch.allclose(sae.W_dec[0], found_D) and float(found_D @ u_D) > 0.999
     assert abs(float(sae.W_dec[0].norm()) - 1.0) < 1e-5  # alone it reconstructs a massive token
@@ -85,17 +86,26 @@ def test_outlier_aware_init_sets_one_latent_and_orthogonalises_the_rest() -> Non
     assert float((_unit_rows(sae.W_dec[1:]) @ u_D).abs().max()) < 0.01  # found_D is u up to the 5% content
 
 
+def _latents_in_duplicate_pairs(W_dec_FD: torch.Tensor) -> int:
+    gram_FF = (_unit_rows(W_dec_FD) @ _unit_rows(W_dec_FD).T).abs().fill_diagonal_(0)
+    return int((gram_FF > 0.99).any(dim=1).sum())
+
+
 @torch.no_grad()
-def test_plain_data_init_keeps_the_token_directions() -> None:
-    acts_ND, massive_N, u_D = massive_tokens()
-    sae = _fresh_sae(32, 128)
-    init_from_data(sae, acts_ND, seed=0, directions=True, outlier_aware=False)
-    cos_with_u_F = _unit_rows(sae.W_dec) @ u_D
-    assert float(cos_with_u_F.abs().max()) > 0.1  # ordinary tokens overlap the massive direction a little
-    assert float(cos_with_u_F.max()) < 0.9  # and no latent starts on the massive tokens
-    centred_ND = acts_ND[~massive_N] - sae.b_dec
-    best_cos_F = (_unit_rows(sae.W_dec) @ _unit_rows(centred_ND).T).max(dim=1).values
-    assert torch.allclose(best_cos_F, torch.ones(128), atol=1e-5)  # each row starts at an ordinary token
+def test_init_starts_without_duplicate_latents_on_repeated_tokens() -> None:
+    """A word-level world repeats tokens: here 2,048 activations are copies of 20 vectors. Decoder rows copied from
+    tokens (the previous init) would put most latents in duplicate pairs; sae-lens' random directions put none, and
+    b_dec starts at the coordinate-wise median."""
+    gen = torch.Generator().manual_seed(0)
+    acts_ND = torch.randn(20, 32, generator=gen)[torch.randint(20, (2048,), generator=gen)]
+    copied_FD = acts_ND[torch.randint(2048, (256,), generator=gen)] - acts_ND.median(0).values
+    assert _latents_in_duplicate_pairs(copied_FD) > 200  # the failure the random init avoids
+    for outlier_aware in (False, True):
+        sae = _fresh_sae(32, 256)
+        init_from_data(sae, acts_ND, outlier_aware=outlier_aware)
+        assert _latents_in_duplicate_pairs(sae.W_dec) == 0
+        assert torch.equal(sae.b_dec, acts_ND.median(0).values)
+        assert torch.allclose(sae.W_enc, sae.W_dec.T)
 
 
 def _planted_batch_topk_firing(outlier_init: bool, out: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,7 +118,7 @@ def _planted_batch_topk_firing(outlier_init: bool, out: Path) -> tuple[torch.Ten
     entry = ZooEntry("batchtopk", "unit_enc_batchtopk", params, 0, zoo.steps, outlier_init)
     train_one(entry, acts_ND, activation_scale(acts_ND), world, zoo, out)  # type: ignore[arg-type]
     sae = SAE.load_from_disk(str(out))
-    assert outlier_init == (sae.cfg.metadata.evalkit_init == "outlier_aware")  # type: ignore[attr-defined]
+    assert outlier_init == sae.cfg.metadata.evalkit_init.endswith("+outlier_aware")  # type: ignore[attr-defined]
     with torch.no_grad():
         return sae.encode(acts_ND) > 0, massive_N
 

@@ -1,9 +1,10 @@
-"""Zoo training until the loss levels off: the criterion on hand-made curves, a planted run that stops on it,
-and top-AFA's training loss carrying its AFA term."""
+"""Zoo training: the levelling-off criterion and its guard on hand-made curves, a planted run recording its curve and
+the criterion, seed replicas training equal steps, and top-AFA's training loss carrying its AFA term."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,15 +17,32 @@ from evalkit.world.zoo_train import Convergence, levelled_off, read_curve, windo
 WORLD = SimpleNamespace(model_dir=Path("planted"), hook_name="planted", fingerprint="planted")
 
 
+NO_GUARD = Convergence(min_steps=0)
+
+
 def test_window_change_hand_cases() -> None:
     # 20 steps, windows of 2: last two mean 1.0, the two before mean 1.005 -> change 0.5% (levelled off)
     flat = [5.0] * 16 + [1.01, 1.0, 1.0, 1.0]
     assert window_change(flat) == pytest.approx(0.005 / 1.005)
-    assert levelled_off(flat)
+    assert levelled_off(flat, NO_GUARD)
     falling = [5.0] * 16 + [1.2, 1.2, 1.0, 1.0]  # 1.2 -> 1.0: 16.7%
     assert window_change(falling) == pytest.approx(0.2 / 1.2)
-    assert not levelled_off(falling)
+    assert not levelled_off(falling, NO_GUARD)
     assert window_change([1.0]) == float("inf")  # too short for two windows
+
+
+def test_the_guard_rejects_an_early_plateau() -> None:
+    """A power-law curve L = t^-0.5 with a flat stretch from step 280 to 350 (noise between heavy-tail batches):
+    the bare criterion passes at 350 steps; the guard (at least min_steps) does not, and the full curve, still
+    falling 5% per window at 2,000 steps, has not levelled off either. A curve that flattens out does."""
+    power = [(t + 1) ** -0.5 for t in range(2000)]
+    plateau = power[:280] + [power[279]] * 70
+    assert window_change(plateau) < 0.01 and levelled_off(plateau, NO_GUARD)
+    assert not levelled_off(plateau)  # default guard: 1,000 steps
+    assert Convergence().min_steps == 1000 and not levelled_off(power)
+    assert window_change(power) == pytest.approx(1 - (1900 / 1700) ** -0.5, abs=0.002)  # window midpoints
+    flattening = [1.0 + 10 * math.exp(-t / 100) for t in range(1500)]
+    assert levelled_off(flattening)
 
 
 def _train(tmp_path: Path, entry: ZooEntry, zoo: ZooSize) -> tuple[dict[str, object], list[dict[str, float]]]:
@@ -34,27 +52,37 @@ def _train(tmp_path: Path, entry: ZooEntry, zoo: ZooSize) -> tuple[dict[str, obj
     return record, read_curve(out)
 
 
-def test_training_stops_once_the_loss_levels_off(tmp_path) -> None:
-    zoo = ZooSize(d_sae_multiple=2, batch_size=128, convergence=Convergence(min_steps=100, check_every=20))
-    entry = ZooEntry("topk", "unit_enc_topk", {"k": 4, "rescale_acts_by_decoder_norm": False}, 0, steps=3000)
+def test_training_runs_its_budget_and_records_the_criterion(tmp_path) -> None:
+    zoo = ZooSize(d_sae_multiple=2, batch_size=128, convergence=Convergence(min_steps=100))
+    entry = ZooEntry("topk", "unit_enc_topk", {"k": 4, "rescale_acts_by_decoder_norm": False}, 0, steps=400)
     record, curve = _train(tmp_path, entry, zoo)
     losses = [row["loss"] for row in curve]
-    assert record["converged"] is True and 100 <= record["steps"] < 3000 and record["steps"] % 20 == 0
-    assert len(losses) == record["steps"] and levelled_off(losses)
-    assert not levelled_off(losses[: record["steps"] - 20])  # it stopped at the first check that passed
-    assert losses[-1] < 0.5 * losses[0]
+    assert record["steps"] == len(losses) == 400  # no early stop: every SAE of a configuration trains its budget
+    assert record["converged"] == levelled_off(losses, zoo.convergence) and losses[-1] < 0.5 * losses[0]
     cfg = json.loads((tmp_path / "topk" / "cfg.json").read_text())
     facts = cfg["metadata"]["evalkit_training"]
-    assert facts["steps"] == record["steps"] and facts["tokens_seen"] == 128 * record["steps"]
-    assert facts["distinct_training_tokens"] == 4096 and facts["converged"] is True
-    assert facts["final_loss"] == pytest.approx(sum(losses[-(len(losses) // 10) :]) / (len(losses) // 10))
+    assert facts["steps"] == 400 and facts["tokens_seen"] == 128 * 400
+    assert facts["distinct_training_tokens"] == 4096 and facts["converged"] == record["converged"]
+    assert facts["final_loss"] == pytest.approx(sum(losses[-40:]) / 40)
+    assert facts["loss_change_last_window"] == pytest.approx(window_change(losses))
 
 
-def test_a_run_cut_by_its_budget_says_so(tmp_path) -> None:
-    zoo = ZooSize(d_sae_multiple=2, batch_size=128, convergence=Convergence(min_steps=100, check_every=20))
+def test_a_run_shorter_than_the_guard_has_not_levelled_off(tmp_path) -> None:
+    zoo = ZooSize(d_sae_multiple=2, batch_size=128, convergence=Convergence(min_steps=100))
     entry = ZooEntry("topk", "unit_enc_topk", {"k": 4, "rescale_acts_by_decoder_norm": False}, 0, steps=30)
     record, curve = _train(tmp_path, entry, zoo)
     assert record["converged"] is False and record["steps"] == len(curve) == 30
+
+
+def test_seed_replicas_train_the_same_number_of_steps() -> None:
+    """Every configuration's seeds (same architecture and parameters) share one step budget, so stability compares
+    SAEs trained equally long."""
+    groups: dict[str, list[ZooEntry]] = {}
+    for e in zoo_entries(1024):
+        groups.setdefault(e.architecture + json.dumps(e.params, sort_keys=True), []).append(e)
+    replicated = [g for g in groups.values() if len(g) >= 3]
+    assert len(replicated) >= 3 and all(len({e.seed for e in g}) == len(g) for g in replicated)
+    assert all(len({e.steps for e in g}) == 1 for g in groups.values())
 
 
 def test_topafa_zoo_entries_train_with_their_afa_loss(tmp_path) -> None:
@@ -63,7 +91,7 @@ def test_topafa_zoo_entries_train_with_their_afa_loss(tmp_path) -> None:
     topafa = [e for e in zoo_entries(1024) if e.architecture == "topafa"]
     coefficients = sorted(e.params["afa_loss_coefficient"] for e in topafa)
     assert len(coefficients) >= 3 and coefficients == sorted(AFA_COEFFICIENTS) and min(coefficients) > 0
-    zoo = ZooSize(d_sae_multiple=2, batch_size=128, convergence=Convergence(min_steps=100, check_every=20))
+    zoo = ZooSize(d_sae_multiple=2, batch_size=128, convergence=Convergence(min_steps=100))
     entry = ZooEntry("topafa", "topafa", {"afa_loss_coefficient": 1 / 16}, 0, steps=10)
     _, curve = _train(tmp_path, entry, zoo)
     for row in curve:

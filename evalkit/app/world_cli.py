@@ -123,7 +123,7 @@ def run_zoo(args: argparse.Namespace) -> int:
             sae["tokens_seen"],
             sae["final_loss"],
             sae["train_seconds"],
-            "outlier-aware" if sae.get("outlier_init") else "data",
+            "outlier-aware" if sae.get("outlier_init") else "random",
             extra,
         )
     return 0

@@ -30,13 +30,15 @@ from evalkit.sae.variants.common import CALIBRATION_BATCHES, calibrate_batch_thr
 from evalkit.world.build import World
 from evalkit.world.cache import cache_root, cached_entry
 from evalkit.world.zoo_init import init_from_data
-from evalkit.world.zoo_train import Convergence, ConvergingTrainer, record_training, write_curve
+from evalkit.world.zoo_train import Convergence, CurveTrainer, record_training, write_curve
 
 log = logging.getLogger(__name__)
 
 # 2: top-k family with unit encoder columns; 3: outlier-aware init; 4: batch-top-k threshold calibrated;
-# 5: trained until the loss levels off (curve and training facts saved), top-AFA with its AFA loss
-ZOO_VERSION = 5
+# 5: trained until the loss levels off (curve and training facts saved), top-AFA with its AFA loss;
+# 6: sae-lens random init (no copied tokens), aux-k normalized as the OpenAI reference, a fixed step budget per SAE
+# (seed replicas equal) with a cosine-annealed learning rate, JumpReLU pre-activation loss
+ZOO_VERSION = 6
 # Inference parameters that live in activation units: they scale with c when the SAE moves to raw activations.
 SCALED_PARAMS = ("b_enc", "b_dec", "b_gate", "b_mag", "threshold")
 
@@ -49,16 +51,16 @@ class ZooEntry:
     architecture: str
     params: dict[str, float | int | str | bool | list[int]] = field(default_factory=dict)
     seed: int = 0
-    steps: int = 4000
-    """The most steps it may train; it stops earlier once its loss has levelled off (ZooSize.convergence)."""
+    steps: int = 1000
+    """Its step budget, trained in full (the same for every seed of one configuration)."""
     outlier_init: bool = False
     """Start orthogonal to the massive tokens' directions (evalkit.world.zoo_init); set for the TopK family."""
 
 
-# The TopK family gets the outlier-aware initialisation: without it batch-top-k k=16 ended with 75% dead latents
-# (the massive tokens took the batch's slots). The other variants keep the plain data initialisation, so the
-# norm-driven latents that the cosine paper describes stay visible in standard and gated SAEs (on the default
-# world the outlier-aware init took standard SAEs from 24-68 norm detectors to 0-1, gated from 57 to 0).
+# The TopK family gets the outlier-aware initialisation: on the first world without it batch-top-k k=16 ended with 75%
+# dead latents (the massive tokens took the batch's slots). The other variants keep sae-lens' plain initialisation, so
+# the norm-driven latents that the cosine paper describes stay visible in standard and gated SAEs (on the first world
+# the outlier-aware init took standard SAEs from 24-68 norm detectors to 0-1, gated from 57 to 0).
 OUTLIER_INIT_ARCHITECTURES = frozenset(
     {"unit_enc_topk", "unit_enc_batchtopk", "unit_enc_matryoshka_batchtopk", "aligned_topk"}
 )
@@ -80,13 +82,13 @@ def _seeds(prefix: str, arch: str, params: dict[str, object], seeds: tuple[int, 
 
 def zoo_entries(
     d_sae: int,
-    steps: int = 4000,
+    steps: int = 1000,
     ks: tuple[int, ...] = (16, 32, 64),
     afa_coefficients: tuple[float, ...] = AFA_COEFFICIENTS,
 ) -> list[ZooEntry]:
     """The zoo of docs/world.md: every variant; sparsity sweeps for standard/topk/batchtopk/cosine/aligned topk and
     an AFA-coefficient sweep for top-AFA; 3 seeds for topk, aligned topk and cosine (at the middle k; seed 0 is
-    the sweep's own member). `steps` is each SAE's most steps (training stops when the loss levels off)."""
+    the sweep's own member). `steps` is each SAE's step budget (seed replicas included)."""
     mid = ks[len(ks) // 2]
     widths = [d_sae // 16, d_sae // 4, d_sae]
     # sae-lens rescales TopK latents by decoder norms by default; here that left ~1.5x more dead latents.
@@ -109,8 +111,16 @@ def zoo_entries(
             steps,
         ),
         # The JumpReLU threshold starts at 0.5 (sae-lens: 0.01-0.1): in short runs a low start left every
-        # latent dense (l0 309).
-        ZooEntry("jumprelu", "jumprelu", {"l0_coefficient": 2.0, "jumprelu_init_threshold": 0.5}, 0, steps),
+        # latent dense (l0 309). Anthropic's pre-activation loss (sae-lens pre_act_loss_coefficient) pushes dead
+        # latents' pre-activations up to their threshold: without it 44% of latents were dead after 1000 steps,
+        # with 3e-3 none (Anthropic's 3e-6 is for their loss scale).
+        ZooEntry(
+            "jumprelu",
+            "jumprelu",
+            {"l0_coefficient": 2.0, "jumprelu_init_threshold": 0.5, "pre_act_loss_coefficient": 3e-3},
+            0,
+            steps,
+        ),
         ZooEntry("gated", "gated", {"l1_coefficient": 3.0}, 0, steps),
         *_sweep("cosine", "cosine", "k", tuple(float(k) for k in ks), steps),
         *_seeds("cosine", "cosine", {"k": mid}, (1, 2), steps),
@@ -145,18 +155,21 @@ def _int_k(params: dict[str, object]) -> dict[str, object]:
 @dataclass(frozen=True)
 class ZooSize:
     d_sae_multiple: int = 8
-    steps: int = 4000
-    """Each SAE's most steps; `convergence` stops it earlier once its loss has levelled off."""
+    steps: int = 1000
+    """Each SAE's step budget (all of it is trained); `convergence` says whether the loss had levelled off."""
     convergence: Convergence = field(default_factory=Convergence)
     workers: int = 2
     """SAEs trained at once, one process and one thread each (the result does not depend on it)."""
     batch_size: int = 512
     lr: float = 1e-3
+    lr_scheduler: str = "cosineannealing"
+    """sae-lens' scheduler name ("constant", "cosineannealing"); cosine annealing ends at `lr_end`."""
+    lr_end: float = 1e-4
+    lr_decay_share: float = 0.0
+    """Share of each SAE's steps at the end over which the learning rate decays linearly to 0."""
     ks: tuple[int, ...] = (16, 32, 64)
     dead_window: int = 20
     """Steps without firing after which a latent counts as dead for the auxiliary-k loss."""
-    data_init: bool = True
-    """Decoder directions start at random ordinary tokens: here it cut dead TopK latents by ~30-50%."""
     train_norm_cap: float | None = None
     """When set, training (not evaluation) drops tokens whose norm exceeds this multiple of the median, as
     the cosine paper trained. Off by default. On the first world (one fixed massive vector on the sentence
@@ -172,7 +185,7 @@ ZOO_SIZES = {
     "small": ZooSize(
         d_sae_multiple=4,
         steps=60,
-        convergence=Convergence(min_steps=20, check_every=10),
+        convergence=Convergence(min_steps=20),
         workers=1,
         batch_size=64,
         ks=(4, 8, 12),
@@ -223,11 +236,9 @@ def rescale_saved_sae(folder: Path, c: float) -> None:
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
 
 
-def _init_name(entry: ZooEntry, zoo: ZooSize) -> str:
+def _init_name(entry: ZooEntry) -> str:
     """How the SAE was initialised (evalkit.world.zoo_init), recorded in its cfg.json metadata."""
-    if not zoo.data_init:
-        return "sae_lens+median_b_dec"
-    return "outlier_aware" if entry.outlier_init else "data"
+    return "sae_lens+median_b_dec" + ("+outlier_aware" if entry.outlier_init else "")
 
 
 def train_one(
@@ -256,7 +267,7 @@ def train_one(
         evalkit_zoo=entry.name,
         trained_on=world.fingerprint,
         activation_scale=c,
-        evalkit_init=_init_name(entry, zoo),
+        evalkit_init=_init_name(entry),
     )
     extra = {"aux_loss_coefficient": 1 / 32} if "aux_loss_coefficient" in cfg_cls.__dataclass_fields__ else {}
     cfg = cfg_cls(
@@ -269,7 +280,7 @@ def train_one(
     )
     torch.manual_seed(entry.seed)
     sae = sae_cls(cfg)
-    init_from_data(sae, acts_ND / c, entry.seed, zoo.data_init, entry.outlier_init)
+    init_from_data(sae, acts_ND / c, entry.outlier_init)
     trajectory: list[dict[str, float]] = []
     steps = [0]
 
@@ -288,8 +299,10 @@ def train_one(
         total_training_samples=entry.steps * zoo.batch_size,
         train_batch_size_samples=zoo.batch_size,
         lr=zoo.lr,
-        lr_end=zoo.lr,
+        lr_end=zoo.lr_end,
+        lr_scheduler_name=zoo.lr_scheduler,
         lr_warm_up_steps=5,
+        lr_decay_steps=round(zoo.lr_decay_share * entry.steps),
         dead_feature_window=zoo.dead_window,
         feature_sampling_window=1000,
         logger=LoggingConfig(log_to_wandb=False),
@@ -297,7 +310,7 @@ def train_one(
     )
     data = _batches(acts_ND / c, zoo.batch_size, 1000 + entry.seed, on_step)
     t0 = time.perf_counter()
-    trainer = ConvergingTrainer(trainer_cfg, sae, data, zoo.convergence)
+    trainer = CurveTrainer(trainer_cfg, sae, data, zoo.convergence)
     trainer.fit()
     if isinstance(sae, BatchTopKTrainingSAE):  # matryoshka included
         held = _batches(acts_ND / c, zoo.batch_size, 2000 + entry.seed, lambda: None)

@@ -3,10 +3,12 @@ unit rows, the auxiliary-k loss against dead latents, and batch-top-k threshold 
 
 TopK-family training adds the auxiliary-k loss against dead latents (Gao et al. 2024, App. A.2; k_aux = d_in/2,
 scaled down when few latents are dead) with coefficient AUX_K_COEFFICIENT = 1/32, as both TopK papers used. sae-lens'
-own `TopKTrainingSAEConfig` defaults `aux_loss_coefficient` to 1.0: pass 1/32 for sae-lens topk / batchtopk /
-matryoshka runs to match. As in sae-lens, the aux loss is a summed squared error (not divided by the residual
-variance as dictionary_learning and the cosine reference exp40 do; the top-AFA reference averages it over elements
-with k_aux = 512 and no dead-count scaling).
+own `TopKTrainingSAEConfig` defaults `aux_loss_coefficient` to 1.0: pass 1/32 for sae-lens matryoshka runs to match.
+As in the OpenAI reference (openai/sparse_autoencoder train.py: main loss MSE / Var(x), aux loss
+normalized_mse(ê, e) = MSE / Var(e)), the aux loss is the residual's normalized squared error; in sae-lens' units (the
+main loss a summed squared error) that is α·‖ê − e‖²·Var(x)/Var(e). sae-lens drops that normalization, which shrinks
+the aux term by the SAE's FVU (~1/250 here): batch-top-k k=16 then kept 24-50% dead latents on the embedded world.
+(The top-AFA reference averages it over elements with k_aux = 512 and no dead-count scaling.)
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ def topk_aux_loss(
     W_dec_FD: torch.Tensor,
     coefficient: float,
 ) -> torch.Tensor:
-    """Dead latents (top k_aux of their pre-activations) reconstruct the live latents' residual (no b_dec)."""
+    """Dead latents (top k_aux of their pre-activations) reconstruct the live latents' residual (no b_dec); the
+    squared error is normalized by the residual's variance and put in units of the input's (see the module)."""
     dead_F = step_input.dead_neuron_mask
     if dead_F is None or (num_dead := int(dead_F.sum())) == 0 or coefficient == 0:
         return sae_out.new_tensor(0.0)
@@ -61,7 +64,13 @@ def topk_aux_loss(
     scale = min(num_dead / k_aux, 1.0)
     aux_acts = calculate_topk_aux_acts(min(k_aux, num_dead), hidden_pre, dead_F)
     recons = aux_acts @ W_dec_FD
-    return coefficient * scale * (recons - residual).pow(2).sum(dim=-1).mean()
+    variance_ratio = total_variance(step_input.sae_in.detach()) / total_variance(residual).clamp_min(1e-12)
+    return coefficient * scale * variance_ratio * (recons - residual).pow(2).sum(dim=-1).mean()
+
+
+def total_variance(x_BD: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of ‖x − mean(x)‖² (the denominator of the OpenAI reference's normalized_mse, times d)."""
+    return (x_BD - x_BD.mean(dim=0)).pow(2).sum(dim=-1).mean()
 
 
 @torch.no_grad()
