@@ -7,10 +7,12 @@ speed   A HookedTransformer with GPT-2 small's exact shape (12 layers, d_model 7
         l0 near 60 (gpt2-small-res-jb's range), 128-token sequences. Measured in one run:
           floor = one full forward pass over the tokens, then per SAE the encode and decode matmuls and the layers
                   after the hook on the reconstruction (the splice), all with the batch size evalkit uses;
-          evalkit per group set (core+downstream+sparsity; + alignment; + norm; + afa; all of them), as a
-                  multiple of the floor (targets: core+downstream+sparsity <= 1.25x, all groups <= 2x);
+          evalkit per group set (core+downstream+sparsity; + alignment; + norm; + afa; all of them; on request
+                  `+saebench_weights`, the opt-in SAEBench weight cosines), as a multiple of the floor (targets:
+                  core+downstream+sparsity <= 1.25x, all groups <= 2x), with the peak anonymous memory of each;
           sae-lens run_evals (CE/KL, reconstruction, sparsity) on the same SAEs and tokens, and evalkit's ratio to it.
-        Wall and CPU time (user+sys of this process) are both printed: the machine may be shared.
+        Wall and CPU time (user+sys of this process) are both printed, and the load average: the machine may be
+        shared, so compare ratios measured in the same run.
 memory  Anonymous resident memory (RssAnon, sampled every 20 ms: not the pages of the memory-mapped activation file)
         of `evalkit run`'s engine on precomputed activations with two 24,576-latent SAEs, core+sparsity, at two token
         counts, each in a fresh process.
