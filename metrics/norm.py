@@ -10,6 +10,10 @@ the range fall in the end bins). The AUC is computed exactly from the per-latent
 global histogram, with pairs inside one bin counted as ties (½). The error for a latent is therefore at most
 ½·Σ_b pos_b·neg_b/(P·N), half the share of (firing, silent) token pairs that share a bin, and far smaller in
 practice. Memory: d_sae × 512 int32.
+
+Two entries: `norm` (the per-latent detector statistics; its SAE-level values are counts of latents, which get no
+token-level stderr, so it runs without a jackknife and its histogram is kept once) and `norm_quartiles`
+(reconstruction per norm quartile and the outlier-token count: small state, with a jackknife stderr).
 """
 
 from __future__ import annotations
@@ -123,25 +127,10 @@ class _QuartileSums(SumState):
         return out
 
 
-DETECTOR_COUNTS = (
-    "norm_detectors",
-    "norm_detectors_q4",
-    "norm_detectors_auroc",
-    "norm_detectors_renorm",
-    "sink_detectors",
-)
-"""Counts of latents past thresholds: no token-level stderr (not smooth in the data, docs/uncertainty.md)."""
-
-
 @stream_metric(
-    "norm",
+    "norm_quartiles",
     group="norm",
     produces=(
-        "norm_detectors",
-        "norm_detectors_q4",
-        "norm_detectors_auroc",
-        "norm_detectors_renorm",
-        "sink_detectors",
         "fvu_norm_q1",
         "fvu_norm_q2",
         "fvu_norm_q3",
@@ -153,15 +142,57 @@ DETECTOR_COUNTS = (
         "l2_ratio_norm_q4",
         "norm_outlier_tokens",
     ),
+    requires=("norm_stats",),
+)
+class NormQuartiles(SumState):
+    """Reconstruction per norm quartile and the outlier-token count: a few floats of state, so the jackknife's
+    K + 1 copies of it are cheap (the detectors' d_sae × 512 histogram lives in `norm`, which has no jackknife)."""
+
+    SUMS = ("outliers",)
+
+    def __init__(self, sae: object, ctx: EvalContext) -> None:
+        self.ctx = ctx
+        self.outliers = 0
+        self.quartiles = _QuartileSums()
+
+    def update(self, batch: SaeBatch) -> None:
+        norms_T = batch.norms_T
+        self.outliers += int((norms_T > OUTLIER_MULTIPLE * self.ctx.median_norm).sum())
+        self.quartiles.update(batch.x_TD, batch.x_hat_TD, quartile_index(norms_T, self.ctx))
+
+    def state_dict(self) -> State:
+        quartiles = {f"quartiles.{k}": v for k, v in self.quartiles.state_dict().items()}
+        return {**super().state_dict(), **quartiles}
+
+    def load_state_dict(self, state: Mapping[str, StateValue]) -> None:
+        super().load_state_dict(state)
+        prefix = "quartiles."
+        self.quartiles.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+
+    def merge(self, other: NormQuartiles) -> None:
+        super().merge(other)
+        self.quartiles.merge(other.quartiles)
+
+    def compute(self) -> list[MetricValue]:
+        return [MetricValue("norm_outlier_tokens", float(self.outliers)), *self.quartiles.compute()]
+
+
+@stream_metric(
+    "norm",
+    group="norm",
+    produces=("norm_detectors", "norm_detectors_q4", "norm_detectors_auroc", "norm_detectors_renorm", "sink_detectors"),
     per_latent=("norm_q4_share", "norm_auroc", "norm_renorm_survival"),
     requires=("positions", "norm_stats"),
-    version=2,  # v2: no stderr for the detector counts (docs/uncertainty.md)
-    no_stderr=DETECTOR_COUNTS,
+    # v3: the quartile values moved to `norm_quartiles`. No jackknife: every SAE-level value here is a count of
+    # latents past a threshold, which gets no stderr (docs/uncertainty.md), so the d_sae × 512 histogram is neither
+    # kept per block nor copied K + 1 times, and each batch is one update, not one per block.
+    version=3,
+    jackknife=False,
 )
 class NormDetectors(SumState):
     """Streams per-latent firing statistics against token norms; see the module docstring."""
 
-    SUMS = ("fires_F", "q4_F", "survive_F", "sink_F", "outlier_fires_F", "hist_FB", "total_B", "outliers")
+    SUMS = ("fires_F", "q4_F", "survive_F", "sink_F", "outlier_fires_F", "hist_FB", "total_B")
 
     def __init__(self, sae: torch.nn.Module, ctx: EvalContext) -> None:
         self.sae, self.ctx = sae, ctx
@@ -174,8 +205,6 @@ class NormDetectors(SumState):
         self.max_position = 0
         self.hist_FB = torch.zeros(d_sae * N_BINS, dtype=torch.int32)
         self.total_B = torch.zeros(N_BINS, dtype=torch.int64)
-        self.outliers = 0
-        self.quartiles = _QuartileSums()
 
     @torch.no_grad()
     def _renormed_survivors(self, batch: SaeBatch, norms_T: torch.Tensor) -> torch.Tensor:
@@ -199,7 +228,6 @@ class NormDetectors(SumState):
         q_T = quartile_index(norms_T, self.ctx)
         outlier_T = norms_T > OUTLIER_MULTIPLE * self.ctx.median_norm
         sink_T = (batch.positions_T == 0) | outlier_T
-        self.outliers += int(outlier_T.sum())
         self.fires_F += codes.latent_counts()
         self.q4_F += codes.latent_counts(q_T == 3)
         self.sink_F += codes.latent_counts(sink_T)
@@ -212,31 +240,17 @@ class NormDetectors(SumState):
         self.total_B += torch.bincount(bins_T, minlength=N_BINS).cpu()
         flat_N = (codes.latent_N * N_BINS + bins_T[codes.token_N]).cpu()
         self.hist_FB.index_add_(0, flat_N, torch.ones_like(flat_N, dtype=torch.int32))
-        self.quartiles.update(batch.x_TD, batch.x_hat_TD, q_T)
 
     def state_dict(self) -> State:
-        quartiles = {f"quartiles.{k}": v for k, v in self.quartiles.state_dict().items()}
-        return {**super().state_dict(), "max_position": self.max_position, **quartiles}
+        return {**super().state_dict(), "max_position": self.max_position}
 
     def load_state_dict(self, state: Mapping[str, StateValue]) -> None:
         super().load_state_dict(state)
         self.max_position = int(state["max_position"])
-        prefix = "quartiles."
-        self.quartiles.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
 
     def merge(self, other: NormDetectors) -> None:
         super().merge(other)
         self.max_position = max(self.max_position, other.max_position)
-        self.quartiles.merge(other.quartiles)
-
-    def compute_named(self, names: frozenset[str]) -> list[MetricValue]:
-        """SAE-level values among `names`; the per-latent statistics (AUROC histograms) only when a detector count
-        is asked for."""
-        if names & set(DETECTOR_COUNTS):
-            values = self.compute()
-        else:
-            values = [MetricValue("norm_outlier_tokens", float(self.outliers)), *self.quartiles.compute()]
-        return [v for v in values if v.latent is None and v.metric in names]
 
     def compute(self) -> list[MetricValue]:
         fires = self.fires_F.double()
@@ -257,8 +271,6 @@ class NormDetectors(SumState):
             MetricValue("norm_detectors_auroc", float(nd2.sum())),
             MetricValue("norm_detectors_renorm", float(nd3.sum())),
             MetricValue("sink_detectors", float((classified & (sink_share_F > SINK_SHARE)).sum())),
-            MetricValue("norm_outlier_tokens", float(self.outliers)),
-            *self.quartiles.compute(),
         ]
         for name, values_F in (
             ("norm_q4_share", q4_share_F),

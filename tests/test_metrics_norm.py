@@ -11,6 +11,7 @@ from evalkit.core.records import EvalContext, MetricValue, SaeBatch
 from metrics.norm import (
     N_BINS,
     NormDetectors,
+    NormQuartiles,
     auroc_from_histograms,
     norm_bins,
     norm_dependence_metric,
@@ -28,12 +29,14 @@ def context_for(norms_T: torch.Tensor) -> EvalContext:
 def run_stream(
     sae: torch.nn.Module, x_TD: torch.Tensor, positions_T: torch.Tensor, ctx: EvalContext, n_batches: int = 3
 ) -> list[MetricValue]:
-    acc = NormDetectors(sae, ctx)
+    accs = [NormDetectors(sae, ctx), NormQuartiles(sae, ctx)]  # the group's two entries
     with torch.no_grad():
         for x, pos in zip(x_TD.chunk(n_batches), positions_T.chunk(n_batches), strict=True):
             f = sae.encode(x)
-            acc.update(SaeBatch(sae=sae, x_TD=x, x_hat_TD=sae.decode(f), f_TF=f, positions_T=pos))
-    return acc.compute()
+            batch = SaeBatch(sae=sae, x_TD=x, x_hat_TD=sae.decode(f), f_TF=f, positions_T=pos)
+            for acc in accs:
+                acc.update(batch)
+    return [v for acc in accs for v in acc.compute()]
 
 
 def sae_level(values: list[MetricValue]) -> dict[str, float]:
@@ -226,7 +229,7 @@ def test_stream_metrics_agree_on_cuda(planted) -> None:
     results = {}
     for device in ("cpu", "cuda"):
         dev_sae = copy.deepcopy(sae).to(device)
-        accs = [cls(dev_sae, ctx) for cls in (NormDetectors, AfaEpsilon, ConceptAlignment)]
+        accs = [cls(dev_sae, ctx) for cls in (NormDetectors, NormQuartiles, AfaEpsilon, ConceptAlignment)]
         with torch.no_grad():
             x, pos, lab = x_TD.to(device), positions_T.to(device), labels_TL.to(device)
             f = dev_sae.encode(x)
