@@ -126,18 +126,39 @@ def resolve_sources(
     hook = str(source.hook_name or "")
     hook_of = {}
     for s in saes:
-        if s.hook_name not in (None, hook):
-            exc = EvalkitInputError(
-                s.path,
-                f"was trained at {s.hook_name}, not the embedded world's hook {hook}; "
-                "pass --model/--hook/--dataset or --activations",
-            )
+        problem = _world_mismatch(s, hook, source.info.fingerprint)
+        if problem is not None:
+            exc = EvalkitInputError(s.path, problem)
             if failures is None:
                 raise exc
             failures.append(exc)
             continue
         hook_of[s.sae_id] = hook
     return {hook: _adapt(source, hook)}, hook_of
+
+
+def _world_mismatch(sae: SaeLike, hook: str, source_fingerprint: str) -> str | None:
+    """Why `sae` cannot be evaluated on the embedded world this run opened, or None.
+
+    A zoo SAE records the world it was trained on (metadata `trained_on`, e.g. world:default:<key>); a world built
+    from other code (another key) has other activations at the same hook, and its numbers would be meaningless."""
+    if sae.hook_name not in (None, hook):
+        return (
+            f"was trained at {sae.hook_name}, not the embedded world's hook {hook}; "
+            "pass --model/--hook/--dataset or --activations"
+        )
+    metadata = (getattr(sae, "cfg", None) or {}).get("metadata") or {}
+    trained_on = metadata.get("trained_on") if isinstance(metadata, dict) else None
+    if isinstance(trained_on, str) and trained_on.startswith("world:"):
+        world = trained_on.split()[0]
+        if not source_fingerprint.startswith(world + ":"):
+            current = source_fingerprint.split(":hook=")[0]
+            return (
+                f"was trained on the embedded world {world}, not on the one this evalkit builds ({current}); "
+                f"evaluate it with --model {metadata.get('model_name', '<its world model folder>')} "
+                "--hook/--dataset, or retrain it (evalkit demo rebuilds the zoo)"
+            )
+    return None
 
 
 def model_sources(
