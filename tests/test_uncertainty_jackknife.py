@@ -225,3 +225,18 @@ def test_runner_attaches_stderr_to_stream_metrics_and_none_to_weight_metrics(tmp
     assert table[table["metric"] == "fvu"]["stderr"].notna().all()
     off = run_specs(handles(tiny_saes()), source, "core", tmp_path / "b", EvalSettings(batch_size=4, stderr_blocks=0))
     assert all(v.stderr is None for r in off.results for sh in r.shards for v in sh.values)
+
+
+def test_runs_per_batch_fill_the_blocks_with_as_few_runs_as_it_takes() -> None:
+    """A batch of 32 sequences: 8 runs of 4 when the number of batches is unknown; ⌈K / n_batches⌉ runs when the
+    pre-pass knows it (16 batches: 2 runs of 16); whole batches once there are ≥ K of them. Every block is filled."""
+    assert seqs_per_block(32, 32) == 4
+    assert seqs_per_block(32, 32, n_batches=16) == 16
+    assert seqs_per_block(32, 32, n_batches=40) == 32
+    assert seqs_per_block(32, 4, n_batches=1) == 8  # K = 4 < 8 runs: one run per block
+    for n_batches in (5, 16, 40):
+        run_len = seqs_per_block(32, 32, n_batches)
+        blocks = block_index(torch.arange(32 * n_batches), run_len, 32)
+        assert set(blocks.tolist()) == set(range(32)), n_batches
+        runs_per_batch = len(set((torch.arange(32) // run_len).tolist()))
+        assert runs_per_batch == min(8, -(-32 // n_batches))
