@@ -12,7 +12,7 @@ import pytest
 
 from evalkit.world.planted import planted_activations
 from evalkit.world.zoo import AFA_COEFFICIENTS, ZooEntry, ZooSize, activation_scale, train_one, zoo_entries
-from evalkit.world.zoo_train import Convergence, levelled_off, read_curve, window_change
+from evalkit.world.zoo_train import Convergence, LrSchedule, levelled_off, read_curve, window_change
 
 WORLD = SimpleNamespace(model_dir=Path("planted"), hook_name="planted", fingerprint="planted")
 
@@ -45,6 +45,17 @@ def test_the_guard_rejects_an_early_plateau() -> None:
     assert levelled_off(flattening)
 
 
+def test_lr_schedule_holds_constant_over_the_windows_the_criterion_compares() -> None:
+    """Warm-up, hold, cosine decay between 40% and 70% of the budget, then a hold at a tenth: the last 20% of steps
+    (the criterion's two windows) run at one learning rate, so a fall there is learning, not annealing."""
+    schedule = LrSchedule()
+    factors = [schedule.factor(step, 1000) for step in range(1000)]
+    assert factors[0] == pytest.approx(0.2) and factors[4] == 1.0 and factors[399] == 1.0
+    assert factors[550] == pytest.approx(0.1 + 0.9 * 0.5)  # halfway through the cosine
+    assert set(factors[700:]) == {0.1}
+    assert all(a >= b for a, b in zip(factors[4:], factors[5:], strict=False))
+
+
 def _train(tmp_path: Path, entry: ZooEntry, zoo: ZooSize) -> tuple[dict[str, object], list[dict[str, float]]]:
     acts_ND = planted_activations(4096, d_in=32, n_features=64, heavy_frac=0.0, seed=0).acts_ND
     out = tmp_path / entry.name
@@ -58,13 +69,20 @@ def test_training_runs_its_budget_and_records_the_criterion(tmp_path) -> None:
     record, curve = _train(tmp_path, entry, zoo)
     losses = [row["loss"] for row in curve]
     assert record["steps"] == len(losses) == 400  # no early stop: every SAE of a configuration trains its budget
-    assert record["converged"] == levelled_off(losses, zoo.convergence) and losses[-1] < 0.5 * losses[0]
+    probes = [row["probe_loss"] for row in curve if not math.isnan(row["probe_loss"])]
+    assert [i for i, row in enumerate(curve) if not math.isnan(row["probe_loss"])] == list(range(49, 400, 50))
+    assert record["converged"] == levelled_off(probes, zoo.convergence, steps=400)
+    assert (
+        probes[-1] < 0.5 * losses[0]
+        and probes[-1] < probes[0]
+        and record["probe_loss_final"] == pytest.approx(probes[-1], rel=1e-5)
+    )
     cfg = json.loads((tmp_path / "topk" / "cfg.json").read_text())
     facts = cfg["metadata"]["evalkit_training"]
     assert facts["steps"] == 400 and facts["tokens_seen"] == 128 * 400
     assert facts["distinct_training_tokens"] == 4096 and facts["converged"] == record["converged"]
-    assert facts["final_loss"] == pytest.approx(sum(losses[-40:]) / 40)
-    assert facts["loss_change_last_window"] == pytest.approx(window_change(losses))
+    assert facts["final_loss"] == pytest.approx(sum(losses[-40:]) / 40, rel=1e-5)  # the curve keeps 7 digits
+    assert facts["loss_change_last_window"] == pytest.approx(window_change(losses), rel=1e-3)
 
 
 def test_a_run_shorter_than_the_guard_has_not_levelled_off(tmp_path) -> None:

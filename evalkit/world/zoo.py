@@ -30,16 +30,19 @@ from evalkit.sae.variants.common import CALIBRATION_BATCHES, calibrate_batch_thr
 from evalkit.world.build import World
 from evalkit.world.cache import cache_root, cached_entry
 from evalkit.world.zoo_init import init_from_data
-from evalkit.world.zoo_train import Convergence, CurveTrainer, record_training, write_curve
+from evalkit.world.zoo_train import Convergence, CurveTrainer, LrSchedule, record_training, write_curve
 
 log = logging.getLogger(__name__)
 
 # 2: top-k family with unit encoder columns; 3: outlier-aware init; 4: batch-top-k threshold calibrated;
 # 5: trained until the loss levels off (curve and training facts saved), top-AFA with its AFA loss;
 # 6: sae-lens random init (no copied tokens), aux-k normalized as the OpenAI reference, a fixed step budget per SAE
-# (seed replicas equal) with a cosine-annealed learning rate, JumpReLU pre-activation loss
-ZOO_VERSION = 6
+# (seed replicas equal) with a cosine-annealed learning rate, JumpReLU pre-activation loss;
+# 7: learning rate held at a tenth over the last 30%, the criterion read on fixed probe tokens; batch 256, 1200 steps;
+# sweeps k 8/32/128, standard L1 1/4/16
+ZOO_VERSION = 7
 # Inference parameters that live in activation units: they scale with c when the SAE moves to raw activations.
+PROBE_SEED = 3000
 SCALED_PARAMS = ("b_enc", "b_dec", "b_gate", "b_mag", "threshold")
 
 
@@ -51,7 +54,7 @@ class ZooEntry:
     architecture: str
     params: dict[str, float | int | str | bool | list[int]] = field(default_factory=dict)
     seed: int = 0
-    steps: int = 1000
+    steps: int = 1200
     """Its step budget, trained in full (the same for every seed of one configuration)."""
     outlier_init: bool = False
     """Start orthogonal to the massive tokens' directions (evalkit.world.zoo_init); set for the TopK family."""
@@ -66,7 +69,7 @@ OUTLIER_INIT_ARCHITECTURES = frozenset(
 )
 
 
-STANDARD_L1 = (1.0, 3.0, 10.0)
+STANDARD_L1 = (1.0, 4.0, 16.0)
 AFA_COEFFICIENTS = (1 / 128, 1 / 32, 1 / 16)
 """Three of the top-AFA reference's five afa_coeff values (1/128, 1/64, 1/32, 1/24, 1/16), spanning them."""
 
@@ -82,8 +85,8 @@ def _seeds(prefix: str, arch: str, params: dict[str, object], seeds: tuple[int, 
 
 def zoo_entries(
     d_sae: int,
-    steps: int = 1000,
-    ks: tuple[int, ...] = (16, 32, 64),
+    steps: int = 1200,
+    ks: tuple[int, ...] = (8, 32, 128),
     afa_coefficients: tuple[float, ...] = AFA_COEFFICIENTS,
 ) -> list[ZooEntry]:
     """The zoo of docs/world.md: every variant; sparsity sweeps for standard/topk/batchtopk/cosine/aligned topk and
@@ -155,19 +158,17 @@ def _int_k(params: dict[str, object]) -> dict[str, object]:
 @dataclass(frozen=True)
 class ZooSize:
     d_sae_multiple: int = 8
-    steps: int = 1000
+    steps: int = 1200
     """Each SAE's step budget (all of it is trained); `convergence` says whether the loss had levelled off."""
     convergence: Convergence = field(default_factory=Convergence)
     workers: int = 2
     """SAEs trained at once, one process and one thread each (the result does not depend on it)."""
-    batch_size: int = 512
+    batch_size: int = 256
     lr: float = 1e-3
-    lr_scheduler: str = "cosineannealing"
-    """sae-lens' scheduler name ("constant", "cosineannealing"); cosine annealing ends at `lr_end`."""
-    lr_end: float = 1e-4
-    lr_decay_share: float = 0.0
-    """Share of each SAE's steps at the end over which the learning rate decays linearly to 0."""
-    ks: tuple[int, ...] = (16, 32, 64)
+    schedule: LrSchedule = field(default_factory=LrSchedule)
+    probe_tokens: int = 2048
+    """Fixed tokens on which the training objective is evaluated every 50 steps for the levelling-off criterion."""
+    ks: tuple[int, ...] = (8, 32, 128)
     dead_window: int = 20
     """Steps without firing after which a latent counts as dead for the auxiliary-k loss."""
     train_norm_cap: float | None = None
@@ -189,6 +190,7 @@ ZOO_SIZES = {
         workers=1,
         batch_size=64,
         ks=(4, 8, 12),
+        probe_tokens=128,
     ),
 }
 
@@ -221,6 +223,12 @@ def _batches(acts_ND: torch.Tensor, batch_size: int, seed: int, on_step: object)
         for i in range(0, len(order) - batch_size + 1, batch_size):
             on_step()  # type: ignore[operator]
             yield acts_ND[order[i : i + batch_size]]
+
+
+def probe_tokens(scaled_ND: torch.Tensor, zoo: ZooSize) -> torch.Tensor:
+    """The fixed tokens every SAE's training objective is probed on (zoo_train.CurveTrainer): the same for all SAEs."""
+    order = torch.randperm(len(scaled_ND), generator=torch.Generator().manual_seed(PROBE_SEED))
+    return scaled_ND[order[: zoo.probe_tokens]]
 
 
 def rescale_saved_sae(folder: Path, c: float) -> None:
@@ -299,10 +307,7 @@ def train_one(
         total_training_samples=entry.steps * zoo.batch_size,
         train_batch_size_samples=zoo.batch_size,
         lr=zoo.lr,
-        lr_end=zoo.lr_end,
-        lr_scheduler_name=zoo.lr_scheduler,
-        lr_warm_up_steps=5,
-        lr_decay_steps=round(zoo.lr_decay_share * entry.steps),
+        lr_end=zoo.lr,
         dead_feature_window=zoo.dead_window,
         feature_sampling_window=1000,
         logger=LoggingConfig(log_to_wandb=False),
@@ -310,7 +315,7 @@ def train_one(
     )
     data = _batches(acts_ND / c, zoo.batch_size, 1000 + entry.seed, on_step)
     t0 = time.perf_counter()
-    trainer = CurveTrainer(trainer_cfg, sae, data, zoo.convergence)
+    trainer = CurveTrainer(trainer_cfg, sae, data, zoo.convergence, zoo.schedule, probe_tokens(acts_ND / c, zoo))
     trainer.fit()
     if isinstance(sae, BatchTopKTrainingSAE):  # matryoshka included
         held = _batches(acts_ND / c, zoo.batch_size, 2000 + entry.seed, lambda: None)
@@ -382,10 +387,10 @@ def _train_job(
     all_ND = _TOKENS[key]
     c = activation_scale(all_ND)
     acts_ND = all_ND[ordinary_mask(all_ND, zoo.train_norm_cap)].contiguous()
-    log.info("zoo: training %s (%s, at most %d steps)", entry.name, entry.architecture, entry.steps)
+    log.info("zoo: training %s (%s, %d steps)", entry.name, entry.architecture, entry.steps)
     record = train_one(entry, acts_ND, c, world, zoo, out)[0]
     log.info(
-        "zoo: %s: %d steps, final loss %.4g, converged %s",
+        "zoo: %s: %d steps, final loss %.4g, levelled off %s",
         entry.name,
         record["steps"],
         record["final_loss"],
