@@ -37,10 +37,9 @@ log = logging.getLogger(__name__)
 # 2: top-k family with unit encoder columns; 3: outlier-aware init; 4: batch-top-k threshold calibrated;
 # 5: trained until the loss levels off (curve and training facts saved), top-AFA with its AFA loss;
 # 6: sae-lens random init (no copied tokens), aux-k normalized as the OpenAI reference, a fixed step budget per SAE
-# (seed replicas equal) with a cosine-annealed learning rate, JumpReLU pre-activation loss;
-# 7: learning rate held at a tenth over the last 30%, the criterion read on fixed probe tokens; batch 256, 1200 steps;
-# sweeps k 8/32/128, standard L1 1/4/16
-ZOO_VERSION = 7
+# (seed replicas equal), JumpReLU pre-activation loss; learning rate held at a tenth over the last 30%, the criterion
+# read on fixed probe tokens; batch 256, 1200 steps; sweeps k 8/32/128, standard L1 1/4/16
+ZOO_VERSION = 6
 # Inference parameters that live in activation units: they scale with c when the SAE moves to raw activations.
 PROBE_SEED = 3000
 SCALED_PARAMS = ("b_enc", "b_dec", "b_gate", "b_mag", "threshold")
