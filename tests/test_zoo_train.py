@@ -90,6 +90,12 @@ def test_a_run_shorter_than_the_guard_has_not_levelled_off(tmp_path) -> None:
     entry = ZooEntry("topk", "unit_enc_topk", {"k": 4, "rescale_acts_by_decoder_norm": False}, 0, steps=30)
     record, curve = _train(tmp_path, entry, zoo)
     assert record["converged"] is False and record["steps"] == len(curve) == 30
+    # too short for a probe or two windows: those facts are null, and cfg.json stays strict JSON (SAEBench's writer
+    # refuses inf/nan)
+    text = (tmp_path / "topk" / "cfg.json").read_text()
+    facts = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-finite {c} in cfg.json"))
+    facts = facts["metadata"]["evalkit_training"]
+    assert facts["probe_loss_final"] is None and facts["probe_loss_change_last_window"] is None
 
 
 def test_seed_replicas_train_the_same_number_of_steps() -> None:

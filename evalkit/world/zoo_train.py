@@ -156,14 +156,19 @@ class CurveTrainer(SAETrainer):  # type: ignore[type-arg]
             "distinct_training_tokens": n_distinct_tokens,
             "epochs": len(losses) * batch_size / max(n_distinct_tokens, 1),
             "final_loss": sum(losses[-w:]) / w,
-            "loss_change_last_window": window_change(losses, self.rule.window),
-            "probe_loss_final": self.probe_losses()[-1] if self.probe_losses() else float("nan"),
-            "probe_loss_change_last_window": window_change(self.probe_losses(), self.rule.window),
+            # None (JSON null) where a run is too short to have the value: cfg.json must stay strict JSON
+            "loss_change_last_window": _finite(window_change(losses, self.rule.window)),
+            "probe_loss_final": _finite(self.probe_losses()[-1]) if self.probe_losses() else None,
+            "probe_loss_change_last_window": _finite(window_change(self.probe_losses(), self.rule.window)),
             "converged": self.loss_levelled_off(),
             "criterion": f"mean probe loss over the last {self.rule.window:.0%} of steps within "
             f"{self.rule.tolerance:.0%} of the {self.rule.window:.0%} before, after at least "
             f"{self.rule.min_steps} steps",
         }
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def write_curve(curve: Sequence[dict[str, float]], folder: Path) -> None:
