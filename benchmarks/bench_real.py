@@ -237,7 +237,9 @@ def run_saelens(model: HookedTransformer, saes: list[SAE], tokens: torch.Tensor)
     )
 
 
-def speed(n_saes: int, n_tokens: int, group_sets: list[str], saelens_saes: int) -> None:
+def speed(n_saes: int, n_tokens: int, group_sets: list[str], saelens_saes: int, floor_each: bool = False) -> None:
+    """`floor_each`: measure the floor again after every group set, and give each set's multiple against the mean
+    of the floors just before and after it (on a shared machine the load changes within minutes)."""
     torch.manual_seed(0)
     model = gpt2_small_shape()
     tokens = token_rows(n_tokens)
@@ -259,7 +261,8 @@ def speed(n_saes: int, n_tokens: int, group_sets: list[str], saelens_saes: int) 
     log.info("%-32s %8s %8s %8s %8s %9s %10s", *head)
     log.info("%-32s %8s %8s %8s %8s %9s %10s", "", "", "", "(wall)", "(cpu)", "(wall)", "MiB")
     row = "%-32s %8.1f %8.1f %8.2f %8.2f %9.0f %10.0f"
-    log.info(row, "floor", fw, fc, 1.0, 1.0, tokens.numel() / fw, peak.mib)
+    n = tokens.numel()
+    log.info(row, "floor", fw, fc, 1.0, 1.0, n / fw, peak.mib)
     core_wall = None
     l0 = []
     for name in group_sets:
@@ -270,7 +273,13 @@ def speed(n_saes: int, n_tokens: int, group_sets: list[str], saelens_saes: int) 
         outcome = runner.outcome  # type: ignore[attr-defined]
         l0 = [v.value for r in outcome.results for sh in r.shards for v in sh.values if v.metric == "l0"]
         core_wall = core_wall or w
-        log.info(row, "evalkit " + name, w, c, w / fw, c / fc, tokens.numel() / w, peak.mib)
+        if floor_each:
+            next_w, next_c = floor(model, saes, tokens)
+            log.info(row, "evalkit " + name, w, c, 2 * w / (fw + next_w), 2 * c / (fc + next_c), n / w, peak.mib)
+            log.info(row, "floor", next_w, next_c, 1.0, 1.0, n / next_w, float("nan"))
+            fw, fc = next_w, next_c
+            continue
+        log.info(row, "evalkit " + name, w, c, w / fw, c / fc, n / w, peak.mib)
     log.info("SAE l0: %s", ", ".join(f"{v:.1f}" for v in l0))
     log.info("after evalkit: %s", load_line())
     if saelens_saes and core_wall is not None:
@@ -390,6 +399,9 @@ def main() -> None:
     parser.add_argument("--n-tokens", type=int, default=4096, help="tokens for the speed part (BOS included)")
     parser.add_argument("--group-sets", default=",".join(DEFAULT_GROUP_SETS), help=f"among: {', '.join(GROUP_SETS)}")
     parser.add_argument("--saelens-saes", type=int, default=None, help="SAEs given to run_evals (default all; 0 skips)")
+    parser.add_argument(
+        "--floor-each", action="store_true", help="measure the floor again after each group set (a shared machine)"
+    )
     parser.add_argument("--memory-tokens", default="50000,200000", help="token counts of the memory part")
     parser.add_argument("--sizes-tokens", type=int, default=4096)
     parser.add_argument("--memory-worker", type=int, default=None, help=argparse.SUPPRESS)
@@ -404,7 +416,8 @@ def main() -> None:
     parts = {p.strip() for p in args.part.split(",")}
     if "speed" in parts:
         group_sets = [g.strip() for g in args.group_sets.split(",") if g.strip()]
-        speed(args.n_saes, args.n_tokens, group_sets, args.n_saes if args.saelens_saes is None else args.saelens_saes)
+        saelens_saes = args.n_saes if args.saelens_saes is None else args.saelens_saes
+        speed(args.n_saes, args.n_tokens, group_sets, saelens_saes, args.floor_each)
     if "memory" in parts:
         memory([int(t) for t in args.memory_tokens.split(",")])
     if "sizes" in parts:
