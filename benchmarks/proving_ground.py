@@ -1,6 +1,6 @@
 """The proving ground's figures: the world's norm statistics, one row per zoo SAE, and the issue's checks.
 
-    .venv/bin/python benchmarks/proving_ground.py [--run evalkit-out] [--cache-dir DIR]
+    .venv/bin/python benchmarks/proving_ground.py [--run evalkit-out] [--cache-dir DIR] [--size default]
 
 Reads the cached world and zoo (built by `evalkit demo` / `evalkit zoo`; nothing is trained here) and a demo
 output folder, and logs:
@@ -45,10 +45,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", type=Path, default=Path("evalkit-out"), help="an `evalkit demo` output folder")
     parser.add_argument("--cache-dir", default=None, help="cache folder (default: $EVALKIT_CACHE or ~/.cache)")
+    parser.add_argument("--size", default="default", help="world size the demo ran on (default: %(default)s)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     ensure_registered()
-    world = build_world(args.cache_dir)
+    world = build_world(args.cache_dir, args.size)
     norms = world.info["norms"]
     log.info(
         "world: variance share above 10x median %.1f%% (%.2f%% of tokens), mean/median %.2f, max/median %.1f, "
