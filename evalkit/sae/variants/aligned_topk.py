@@ -10,13 +10,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from sae_lens.saes.sae import SAE, SAEConfig, TrainStepInput
+from sae_lens.saes.sae import SAE, SAEConfig
 from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig, TopKTrainingSAE, TopKTrainingSAEConfig
 from typing_extensions import override
 
 from evalkit.sae.registration import Variant
 from evalkit.sae.score import alignment_slopes, norm_exponents, unit_exponents
-from evalkit.sae.variants.common import AUX_K_COEFFICIENT, topk_aux_loss
+from evalkit.sae.variants.common import AUX_K_COEFFICIENT, NormalizedAuxMixin
 
 # -------------------------------------------------------------------------------------------- aligned top-k
 
@@ -57,7 +57,7 @@ def aligned_weights(W_enc_raw_DF: torch.Tensor, W_dec_raw_FD: torch.Tensor) -> t
     return w_FD.T, d_hat_FD
 
 
-class AlignedTopKTrainingSAE(TopKTrainingSAE):
+class AlignedTopKTrainingSAE(NormalizedAuxMixin, TopKTrainingSAE):  # type: ignore[misc]
     """Top-k SAE trained under the alignment constraint; W_enc/W_dec hold the raw free parameters."""
 
     cfg: AlignedTopKTrainingSAEConfig  # type: ignore[assignment]
@@ -79,16 +79,8 @@ class AlignedTopKTrainingSAE(TopKTrainingSAE):
         return self.reshape_fn_out(sae_out_pre, self.d_head)
 
     @override
-    def calculate_aux_loss(
-        self,
-        step_input: TrainStepInput,
-        feature_acts: torch.Tensor,
-        hidden_pre: torch.Tensor,
-        sae_out: torch.Tensor,
-    ) -> dict[str, torch.Tensor]:
-        _, W_dec_FD = self.effective_weights()
-        loss = topk_aux_loss(step_input, sae_out, hidden_pre, W_dec_FD, self.cfg.aux_loss_coefficient)
-        return {"auxiliary_reconstruction_loss": loss}
+    def aux_decoder(self) -> torch.Tensor:
+        return self.effective_weights()[1]
 
     @override
     def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:

@@ -73,6 +73,32 @@ def total_variance(x_BD: torch.Tensor) -> torch.Tensor:
     return (x_BD - x_BD.mean(dim=0)).pow(2).sum(dim=-1).mean()
 
 
+class NormalizedAuxMixin:
+    """The auxiliary-k loss normalized as in the OpenAI reference (topk_aux_loss) in place of sae-lens' unnormalized
+    one. A variant names the decoder its dead latents reconstruct with (`aux_decoder`) and the pre-activations they
+    compete on (`aux_hidden`); put the mixin before the sae-lens training class so its method wins."""
+
+    W_dec: torch.nn.Parameter
+    cfg: Any
+
+    def aux_decoder(self) -> torch.Tensor:
+        return self.W_dec
+
+    def aux_hidden(self, hidden_pre: torch.Tensor) -> torch.Tensor:
+        return hidden_pre
+
+    def calculate_aux_loss(
+        self,
+        step_input: TrainStepInput,
+        feature_acts: torch.Tensor,
+        hidden_pre: torch.Tensor,
+        sae_out: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        hidden = self.aux_hidden(hidden_pre)
+        loss = topk_aux_loss(step_input, sae_out, hidden, self.aux_decoder(), self.cfg.aux_loss_coefficient)
+        return {"auxiliary_reconstruction_loss": loss}
+
+
 @torch.no_grad()
 def update_batch_threshold(threshold: torch.Tensor, feature_acts: torch.Tensor, lr: float) -> None:
     """EMA of the smallest positive activation; inference thresholds at θ.

@@ -36,11 +36,11 @@ from evalkit.sae.variants.common import (
     AUX_K_COEFFICIENT,
     NORM_EPS,
     UNSET_THRESHOLD,
+    NormalizedAuxMixin,
     decode_with,
     linear_decode,
     save_training_decoder,
     threshold_relu,
-    topk_aux_loss,
     training_decoder,
     update_batch_threshold,
 )
@@ -177,7 +177,7 @@ class CosineTrainingSAEConfig(TrainingSAEConfig):
         return "cosine"
 
 
-class CosineTrainingSAE(TrainingSAE[CosineTrainingSAEConfig]):
+class CosineTrainingSAE(NormalizedAuxMixin, TrainingSAE[CosineTrainingSAEConfig]):  # type: ignore[misc]
     """Cosine SAE in training: per-token top-k, or batch top-k with a running threshold for inference."""
 
     b_enc: nn.Parameter
@@ -222,16 +222,8 @@ class CosineTrainingSAE(TrainingSAE[CosineTrainingSAEConfig]):
         return output
 
     @override
-    def calculate_aux_loss(
-        self,
-        step_input: TrainStepInput,
-        feature_acts: torch.Tensor,
-        hidden_pre: torch.Tensor,
-        sae_out: torch.Tensor,
-    ) -> dict[str, torch.Tensor]:
-        W_dec_FD = training_decoder(self)
-        loss = topk_aux_loss(step_input, sae_out, hidden_pre, W_dec_FD, self.cfg.aux_loss_coefficient)
-        return {"auxiliary_reconstruction_loss": loss}
+    def aux_decoder(self) -> torch.Tensor:
+        return training_decoder(self)
 
     @override
     def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:

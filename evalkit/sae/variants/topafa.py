@@ -23,10 +23,10 @@ from evalkit.sae.registration import Variant
 from evalkit.sae.score import alignment_slopes, fold_in_place, linear_alpha, norm_exponents, score, unit_exponents
 from evalkit.sae.variants.common import (
     AUX_K_COEFFICIENT,
+    NormalizedAuxMixin,
     decode_with,
     linear_decode,
     save_training_decoder,
-    topk_aux_loss,
     training_decoder,
 )
 
@@ -129,7 +129,7 @@ class TopAFATrainingSAEConfig(TrainingSAEConfig):
         return "topafa"
 
 
-class TopAFATrainingSAE(TrainingSAE[TopAFATrainingSAEConfig]):
+class TopAFATrainingSAE(NormalizedAuxMixin, TrainingSAE[TopAFATrainingSAEConfig]):  # type: ignore[misc]
     """Top-AFA SAE in training; the k(x) selection is a mask, gradients flow through the kept activations."""
 
     @override
@@ -145,6 +145,14 @@ class TopAFATrainingSAE(TrainingSAE[TopAFATrainingSAEConfig]):
         return decode_with(self, feature_acts, training_decoder(self))
 
     @override
+    def aux_decoder(self) -> torch.Tensor:
+        return training_decoder(self)
+
+    @override
+    def aux_hidden(self, hidden_pre: torch.Tensor) -> torch.Tensor:
+        return hidden_pre.relu()
+
+    @override
     def calculate_aux_loss(
         self,
         step_input: TrainStepInput,
@@ -152,12 +160,8 @@ class TopAFATrainingSAE(TrainingSAE[TopAFATrainingSAEConfig]):
         hidden_pre: torch.Tensor,
         sae_out: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
-        W_dec_FD = training_decoder(self)
-        aux = topk_aux_loss(step_input, sae_out, hidden_pre.relu(), W_dec_FD, self.cfg.aux_loss_coefficient)
-        return {
-            "auxiliary_reconstruction_loss": aux,
-            "afa_loss": afa_loss(feature_acts, step_input.sae_in, self.cfg.afa_loss_coefficient),
-        }
+        losses = super().calculate_aux_loss(step_input, feature_acts, hidden_pre, sae_out)
+        return losses | {"afa_loss": afa_loss(feature_acts, step_input.sae_in, self.cfg.afa_loss_coefficient)}
 
     @override
     def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:

@@ -15,14 +15,14 @@ from sae_lens.saes.matryoshka_batchtopk_sae import (
     MatryoshkaBatchTopKTrainingSAE,
     MatryoshkaBatchTopKTrainingSAEConfig,
 )
-from sae_lens.saes.sae import SAEConfig, TrainStepInput
+from sae_lens.saes.sae import SAEConfig
 from sae_lens.saes.topk_sae import TopKSAEConfig, TopKTrainingSAE, TopKTrainingSAEConfig
 from torch import nn
 from typing_extensions import override
 
 from evalkit.sae.registration import Variant
 from evalkit.sae.score import alignment_slopes, norm_exponents, unit_exponents
-from evalkit.sae.variants.common import AUX_K_COEFFICIENT, topk_aux_loss
+from evalkit.sae.variants.common import AUX_K_COEFFICIENT, NormalizedAuxMixin
 
 # --------------------------------------------------------------------------- top-k with unit encoder columns
 
@@ -79,24 +79,6 @@ class UnitEncTopKTrainingSAEConfig(UnitEncoderConfigMixin, TopKTrainingSAEConfig
     @override
     def get_inference_config_class(self) -> type[SAEConfig]:
         return TopKSAEConfig
-
-
-class NormalizedAuxMixin:
-    """The auxiliary-k loss normalized as in the OpenAI reference (evalkit.sae.variants.common.topk_aux_loss) instead
-    of sae-lens' unnormalized one; matryoshka keeps sae-lens' per-level aux loss."""
-
-    W_dec: nn.Parameter
-    cfg: UnitEncoderConfigMixin
-
-    def calculate_aux_loss(
-        self,
-        step_input: TrainStepInput,
-        feature_acts: torch.Tensor,
-        hidden_pre: torch.Tensor,
-        sae_out: torch.Tensor,
-    ) -> dict[str, torch.Tensor]:
-        loss = topk_aux_loss(step_input, sae_out, hidden_pre, self.W_dec, self.cfg.aux_loss_coefficient)
-        return {"auxiliary_reconstruction_loss": loss}
 
 
 class UnitEncTopKTrainingSAE(NormalizedAuxMixin, UnitEncoderMixin, TopKTrainingSAE):  # type: ignore[misc]
