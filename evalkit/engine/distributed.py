@@ -182,20 +182,9 @@ class DistributedRunner(Runner):
         keys: dict[tuple[str, str], ResultKey] = {}
         pending: dict[str, tuple[str, ...]] = {}
         for s in members:
-            entries = []
-            for spec in (sp for sp in self.specs if sp.kind == "stream"):
-                reason = _unmet(spec, data, s.sae_id in grouped_ids)
-                if reason:
-                    self._skip(spec, reason, s.sae_id)
-                    continue
-                key = ResultKey(s.content_hash, spec.name, _config_hash(spec, self.settings, data))
-                cached = self._cached(key)
-                if cached is not None:
-                    results[s.sae_id].shards.append(cached)
-                else:
-                    entries.append(spec.name)
-                    keys[(s.sae_id, spec.name)] = key
-            pending[s.sae_id] = tuple(entries)
+            todo = self._uncached_stream_keys(s, data, results, grouped_ids)
+            keys.update({(s.sae_id, name): key for name, key in todo.items()})
+            pending[s.sae_id] = tuple(todo)
         t0 = time.perf_counter()
         by_id = {s.sae_id: s for s in members}
         split = self._choose_split(sum(bool(e) for e in pending.values()), data)

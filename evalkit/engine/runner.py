@@ -208,23 +208,34 @@ class Runner:
             return data
         return norm_prepass(data.hook, data.source, self.settings, members)
 
+    def _uncached_stream_keys(
+        self, s: SaeLike, data: HookData, results: dict[str, SaeResult], grouped_ids: set[str]
+    ) -> dict[str, ResultKey]:
+        """The stream metrics still to compute for `s` on this hook, by name, in spec order. A metric whose needs
+        the data does not meet is reported as skipped; a cached result goes straight into `results`."""
+        keys: dict[str, ResultKey] = {}
+        for spec in (sp for sp in self.specs if sp.kind == "stream"):
+            reason = _unmet(spec, data, s.sae_id in grouped_ids)
+            if reason:
+                self._skip(spec, reason, s.sae_id)
+                continue
+            key = ResultKey(s.content_hash, spec.name, _config_hash(spec, self.settings, data))
+            cached = self._cached(key)
+            if cached is not None:
+                results[s.sae_id].shards.append(cached)
+            else:
+                keys[spec.name] = key
+        return keys
+
     def _run_hook(
         self, data: HookData, members: Sequence[SaeLike], results: dict[str, SaeResult], grouped_ids: set[str]
     ) -> HookData:
         states = []
         for s in members:
-            pending: dict[str, tuple[ResultKey, StreamingMetric]] = {}
-            for spec in (sp for sp in self.specs if sp.kind == "stream"):
-                reason = _unmet(spec, data, s.sae_id in grouped_ids)
-                if reason:
-                    self._skip(spec, reason, s.sae_id)
-                    continue
-                key = ResultKey(s.content_hash, spec.name, _config_hash(spec, self.settings, data))
-                cached = self._cached(key)
-                if cached is not None:
-                    results[s.sae_id].shards.append(cached)
-                else:
-                    pending[spec.name] = (key, self._accumulator(spec, s.sae, data.ctx))
+            pending: dict[str, tuple[ResultKey, StreamingMetric]] = {
+                name: (key, self._accumulator(self._spec(name), s.sae, data.ctx))
+                for name, key in self._uncached_stream_keys(s, data, results, grouped_ids).items()
+            }
             wants_ds = any("model" in self._spec(n).requires for n in pending)
             if pending or any(o.wants(s.sae_id) for o in self.observers):
                 states.append(SaeState(s, pending, wants_ds))
