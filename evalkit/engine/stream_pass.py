@@ -18,6 +18,7 @@ import torch
 
 from evalkit.core.batch import ActivationBatch
 from evalkit.core.faults import fault_point
+from evalkit.core.heap import release_free_heap
 from evalkit.core.progress import Progress
 from evalkit.core.records import ResultKey, SaeBatch, token_key
 from evalkit.engine.checkpoint import PassCheckpointer, PassResume, checkpointable, load_states
@@ -156,6 +157,7 @@ def _batch_loop(
         if keep_BS.any():
             known = data.n_tokens_read if data.prepassed else 0
             _update_all(states, batch, keep_BS, n_seq_seen, splicer, observers, settings, known)
+        release_free_heap()  # the batch's freed tensors would otherwise stay resident (core/heap.py)
         fault_point("pass")
         if checkpointer is not None and checkpointer.due(i + 1):
             checkpointer.save(
