@@ -161,10 +161,17 @@ def test_demo_request_is_the_run_commands(tmp_path: Path) -> None:
     assert (req.out, req.force, req.world) == (tmp_path / "out", True, world)
     # Every other field is what `evalkit run` defaults to.
     cli = RunRequest.from_args(build_parser().parse_args(["run", "--sae", str(tmp_path / "zoo")]))
-    # (no_report: the demo writes report.html itself, as its own timed stage)
+    # (no_report: the demo writes report.html itself, as its own timed stage; workers: one process per core)
     assert (
         replace(
-            req, out=cli.out, metrics=cli.metrics, autointerp=cli.autointerp, force=False, world=None, no_report=False
+            req,
+            out=cli.out,
+            metrics=cli.metrics,
+            autointerp=cli.autointerp,
+            force=False,
+            world=None,
+            no_report=False,
+            workers=cli.workers,
         )
         == cli
     )

@@ -122,3 +122,20 @@ def test_chunked_ce_kl_equals_the_whole_batch_formula(monkeypatch: pytest.Monkey
     got_ce, got_kl = PatchScorer(clean_BSV, tokens_BS, keep_BS).ce_kl(patched_BSV)
     torch.testing.assert_close(got_ce, want_ce, equal_nan=True, atol=0, rtol=0)
     torch.testing.assert_close(got_kl, want_kl, atol=1e-7, rtol=1e-6)
+
+
+def test_a_fully_stored_rerun_reads_no_data(tmp_path: Path) -> None:
+    """norm needs the pre-pass; a rerun whose stream results are all stored skips it (the norms come from the store)
+    and gives the same context and values; one SAE still to compute brings the pre-pass and its pass back."""
+    saes, selection = three_saes(), select_metrics("core,norm,alignment,stability")
+    first_src = CountingSource()
+    first = Runner(ResultStore(tmp_path), EvalSettings(), selection).run(saes[:2], {"h": first_src.source(known=True)})
+    assert first_src.passes == 2
+    again = CountingSource()
+    rerun = Runner(ResultStore(tmp_path), EvalSettings(), selection).run(saes[:2], {"h": again.source(known=True)})
+    assert again.passes == 0
+    assert rerun.hooks["h"].ctx == first.hooks["h"].ctx and rerun.hooks["h"].n_tokens_read > 0
+    assert all_values(rerun) == all_values(first) and not rerun.computed
+    grown = CountingSource()
+    Runner(ResultStore(tmp_path), EvalSettings(), selection).run(saes, {"h": grown.source(known=True)})
+    assert grown.passes == 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 DEMO_METRICS = "all,saebench_weights"
 """Every default group, and the SAEBench weight cosines (cheap at the zoo's d_sae) so the SAEBench JSON is written."""
 DEMO_AUTOINTERP = "baseline"
+DEMO_MAX_WORKERS = 4
+"""The evaluation runs in one worker process per available core, at most this many (evalkit.app.parallel)."""
 DEFAULT_OUT = Path("evalkit-out")
 
 
@@ -87,7 +90,14 @@ def run_request(out_dir: Path, zoo_dir: Path, world: World, force: bool = False)
         no_report=True,
         force=force,
         world=world,
+        workers=demo_workers(),
     )
+
+
+def demo_workers() -> int:
+    """Worker processes for the evaluation: the cores this process may use, at most DEMO_MAX_WORKERS."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, DEMO_MAX_WORKERS))
 
 
 STAGES = ("world", "zoo", "evaluation", "report")
@@ -135,7 +145,8 @@ def run_demo(
     t0 = time.perf_counter()
     n_saes = sum(1 for _ in zoo.rglob("cfg.json"))
     _stage("evaluation", "%d SAEs in %s (metrics %s, autointerp %s)", n_saes, zoo, DEMO_METRICS, DEMO_AUTOINTERP)
-    # `evalkit run` itself limits BLAS to one thread (many small scikit-learn fits).
+    # `evalkit run` itself limits BLAS to one thread (many small scikit-learn fits); its worker processes (one
+    # per core) evaluate shares of the SAEs in parallel.
     status = run(run_request(out, zoo, world, force))
     if status != 0:
         raise RuntimeError(f"evalkit run exited with status {status}")

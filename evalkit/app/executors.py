@@ -1,6 +1,7 @@
 """`evalkit run --executor local|ray`: which runner evaluates the SAEs.
 
-local (default): engine.runner.Runner in this process. ray: engine.distributed.DistributedRunner with
+local (default): engine.runner.Runner in this process; with --workers N, N processes on this machine
+evaluate shares of the SAEs into the store first (evalkit.app.parallel). ray: engine.distributed.DistributedRunner with
 engine.ray_executor.RayExecutor — the driver (this process) plans work units, Ray workers run them, the driver
 merges and writes the store. Workers rebuild the SAEs and data from the same command-line options
 (`build_workspace`), so every path must be readable on every node (a shared filesystem) and the model and
@@ -50,11 +51,19 @@ def add_executor_args(p: argparse.ArgumentParser) -> None:
         help="work units by SAEs (each worker its own pass) or by tokens (token shards of all SAEs, merged); "
         "auto: by tokens for a model source or fewer SAEs than workers",
     )
-    p.add_argument("--workers", type=int, default=None, help="Ray workers (default: the cluster's GPUs or CPUs)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="ray: Ray workers (default: the cluster's GPUs or CPUs); local: worker processes on this machine, "
+        "each evaluating a share of the SAEs (default 1: this process)",
+    )
 
 
 def check_executor(req: RunRequest) -> None:
     """Bad executor options are exit 2 before any work."""
+    if req.workers is not None and req.workers <= 0:
+        raise EvalkitInputError("--workers", f"must be positive, got {req.workers}")
     if req.executor != "ray":
         return
     from evalkit.engine.ray_executor import INSTALL_LINE, ray_installed
@@ -63,8 +72,6 @@ def check_executor(req: RunRequest) -> None:
         raise EvalkitInputError("--executor ray", f"Ray is not installed; install it with: {INSTALL_LINE}")
     if req.autointerp != "off":
         raise EvalkitInputError("--executor ray", "the autointerp stage runs with --executor local only")
-    if req.workers is not None and req.workers <= 0:
-        raise EvalkitInputError("--workers", f"must be positive, got {req.workers}")
 
 
 def build_workspace(req: RunRequest) -> tuple[Sequence[SaeLike], dict[str, DataSource]]:

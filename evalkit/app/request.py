@@ -106,7 +106,8 @@ class RunRequest:
     split: str = "auto"
     """Work units by SAEs or by token shards (evalkit.engine.distributed SPLITS); auto picks."""
     workers: int | None = None
-    """Ray workers; None: the cluster's GPUs or CPUs."""
+    """ray: Ray workers (None: the cluster's GPUs or CPUs); local: worker processes on this machine, each
+    evaluating a share of the SAEs (None or 1: this process; evalkit.app.parallel)."""
     seed_group: tuple[str, ...] = ()
     """Explicit seed groups, each 'PATH,PATH[,...]'; default: grouped by config."""
     labels: str | None = None

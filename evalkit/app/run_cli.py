@@ -6,6 +6,7 @@ import argparse
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -340,6 +341,11 @@ def _locked_run(req: RunRequest, settings: EvalSettings, specs: list[MetricSpec]
     from evalkit.engine.store import ResultStore
 
     saes, sources, hook_of, bad = _preflight(req)
+    if req.executor == "local" and (req.workers or 1) > 1 and len(saes) > 1:
+        from evalkit.app.parallel import collecting_request, evaluate_in_workers
+
+        evaluate_in_workers(req, saes, int(req.workers or 1))
+        req, settings = collecting_request(req), replace(settings, force=False)
     store = ResultStore(req.out)
     stage = AutointerpStage(req, settings, store, saes, sources, hook_of) if req.autointerp != "off" else None
     runner = make_runner(req, settings, specs, store, [stage.observer] if stage else [])

@@ -22,10 +22,11 @@ import torch
 from evalkit.core.errors import EvalkitInputError
 from evalkit.core.faults import fault_point
 from evalkit.core.identity import JsonValue, stable_hash
-from evalkit.core.records import EvalContext, MetricValue, ResultKey, SampleTable, Shard
+from evalkit.core.records import EvalContext, MetricValue, ResultKey, Shard
 from evalkit.engine.checkpoint import DEFAULT_INTERVAL_S, PassCheckpointer
 from evalkit.engine.passes import HookData, data_stats, norm_prepass, provisional_hook_data, with_data_stats
 from evalkit.engine.runconfig import DataSource, EvalSettings, SaeLike, seed_groups
+from evalkit.engine.shards import context_for, now_ms, stream_shard
 from evalkit.engine.store import ResultStore
 from evalkit.engine.stream_pass import SEQ_INDEX_KEY, BatchObserver, SaeState, stream_pass
 from metrics.base import MetricSpec, StreamingMetric, check_emitted
@@ -41,6 +42,7 @@ __all__ = [
     "SaeResult",
     "SkipNote",
     "context_for",
+    "stream_shard",
 ]
 
 
@@ -71,10 +73,6 @@ class RunOutcome:
     """Per hook: batches read, the batch a checkpoint resumed at, checkpoints written and their time."""
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 def _config_hash(spec: MetricSpec, settings: EvalSettings, data: HookData, members: Sequence[str] = ()) -> str:
     payload: dict[str, JsonValue] = {
         "entry": spec.name,
@@ -85,6 +83,11 @@ def _config_hash(spec: MetricSpec, settings: EvalSettings, data: HookData, membe
         "members": sorted(members),
     }
     return stable_hash(payload)
+
+
+def _data_key(data: HookData, settings: EvalSettings) -> str:
+    """The store's key for what a pass measured about this hook's data (data_stats)."""
+    return stable_hash({"hook": data.hook, "data": data.fingerprint, "settings": settings.hashed()})
 
 
 def _unmet(spec: MetricSpec, data: HookData, has_group: bool) -> str | None:
@@ -130,6 +133,7 @@ class Runner:
         self.reused: list[ResultKey] = []
         self.skipped: dict[tuple[str, str], SkipNote] = {}
         self.timings_s: dict[str, float] = {}
+        self._peeked: dict[ResultKey, Shard] = {}
 
     def _skip(self, spec: MetricSpec, reason: str, sae_id: str) -> None:
         note = self.skipped.setdefault((spec.name, reason), SkipNote(spec.name, spec.names, reason, []))
@@ -137,7 +141,7 @@ class Runner:
 
     def _cached(self, key: ResultKey) -> Shard | None:
         """The stored shard (None with --force, when absent, or when damaged: then it is recomputed)."""
-        shard = None if self.settings.force else self.store.get(key)
+        shard = None if self.settings.force else self._peeked.pop(key, None) or self.store.get(key)
         if shard is not None:
             self.reused.append(key)
         return shard
@@ -189,9 +193,37 @@ class Runner:
 
     def _prepare(self, hook: str, source: DataSource, members: Sequence[SaeLike]) -> HookData:
         """What is known about the hook's data before the pass: the norm pre-pass, or the source's word."""
-        if self._needs_prepass(source):
-            return norm_prepass(hook, source, self.settings, members)
-        return provisional_hook_data(hook, source, self.settings)
+        if not self._needs_prepass(source):
+            return provisional_hook_data(hook, source, self.settings)
+        if source.known_up_front() and self.settings.max_norm_multiple is None:
+            provisional = provisional_hook_data(hook, source, self.settings)
+            if self._nothing_to_stream(provisional, members):
+                # Every stream result is stored: no pass runs, and the norms the pass that computed them
+                # measured come from the store (_run_hook), the same numbers a pre-pass would give.
+                return provisional
+        return norm_prepass(hook, source, self.settings, members)
+
+    def _nothing_to_stream(self, data: HookData, members: Sequence[SaeLike]) -> bool:
+        """No stream metric of `members` is missing from the store, no observer wants them, and the store
+        holds the data's statistics; keys need only the source's fingerprint, which it vouches for."""
+        if self.settings.force or any(o.wants(s.sae_id) for s in members for o in self.observers):
+            return False
+        if self.store.load_data_stats(_data_key(data, self.settings)) is None:
+            return False
+        for s in members:
+            for spec in (sp for sp in self.specs if sp.kind == "stream"):
+                key = ResultKey(s.content_hash, spec.name, _config_hash(spec, self.settings, data))
+                # (the seed-group need is decided later; a stored shard counts whatever it is)
+                if _unmet(spec, data, True) is None and not self._peek(key):
+                    return False
+        return True
+
+    def _peek(self, key: ResultKey) -> bool:
+        """A valid shard is stored under `key`; it is kept for `_cached`, so it is read once."""
+        shard = self.store.get(key)
+        if shard is not None:
+            self._peeked[key] = shard
+        return shard is not None
 
     def _needs_prepass(self, source: DataSource) -> bool:
         """The pre-pass reads the data an extra time; skip it when nothing needs norms before the pass. Stream
@@ -240,10 +272,12 @@ class Runner:
             if pending or any(o.wants(s.sae_id) for o in self.observers):
                 states.append(SaeState(s, pending, wants_ds))
         t0 = time.perf_counter()
-        data_key = stable_hash({"hook": data.hook, "data": data.fingerprint, "settings": self.settings.hashed()})
+        data_key = _data_key(data, self.settings)
         watched = sorted(s.sae_id for s in members for o in self.observers if o.wants(s.sae_id))
+        # Keyed by the SAEs too: runs of other SAEs into the same folder (worker processes) keep their own files.
+        identity: JsonValue = {"data": data_key, "observed": watched, "saes": sorted(s.content_hash for s in members)}
         ckpt = PassCheckpointer(
-            self.store.root / "checkpoints" / f"{stable_hash({'data': data_key, 'observed': watched})}.ckpt",
+            self.store.root / "checkpoints" / f"{stable_hash(identity)}.ckpt",
             self.checkpoint_every,
             self.checkpoint_every_s,
         )
@@ -297,7 +331,7 @@ class Runner:
             key = ResultKey(s.content_hash, spec.name, _config_hash(spec, self.settings, data))
             shard = self._cached(key)
             if shard is None:
-                shard = Shard(key, tuple(self._weights_values(spec, s, data.ctx)), data.ctx.n_tokens, _now_ms())
+                shard = Shard(key, tuple(self._weights_values(spec, s, data.ctx)), data.ctx.n_tokens, now_ms())
                 self._save(shard, spec, s.d_sae)
             result.shards.append(shard)
 
@@ -339,7 +373,7 @@ class Runner:
             return
         values = self._group_values(spec, group, data.ctx)
         for s in group:
-            shard = Shard(keys[s.sae_id], tuple(values.get(s.sae_id, [])), data.ctx.n_tokens, _now_ms())
+            shard = Shard(keys[s.sae_id], tuple(values.get(s.sae_id, [])), data.ctx.n_tokens, now_ms())
             self._save(shard, spec, s.d_sae)
             results[s.sae_id].shards.append(shard)
 
@@ -352,34 +386,3 @@ class Runner:
         self, spec: MetricSpec, group: Sequence[SaeLike], ctx: EvalContext
     ) -> dict[str, list[MetricValue]]:
         return dict(spec.factory({s.sae_id: s.sae for s in group}, ctx))
-
-
-def sample_table(spec: MetricSpec, acc: StreamingMetric) -> SampleTable | None:
-    """The accumulator's per-token sample (metrics.base.SamplingMetric) as stored floats, if it keeps one."""
-    samples_fn = getattr(acc, "samples", None)
-    raw = samples_fn() if callable(samples_fn) else None
-    if not raw:
-        return None
-    columns = {str(name): tuple(float(v) for v in col) for name, col in raw.items()}
-    if len({len(col) for col in columns.values()}) > 1:
-        raise ValueError(f"metric {spec.name}: sample columns differ in length")
-    return SampleTable(spec.group, columns)
-
-
-def stream_shard(spec: MetricSpec, key: ResultKey, acc: StreamingMetric, ctx: EvalContext) -> Shard:
-    """A finished accumulator as a shard. Label names travel with label-indexed values, so features.csv's
-    names are rebuilt from the shard alone (resume, cache) and match the indices they were made from."""
-    labels = ctx.label_names if "labels" in spec.requires else ()
-    return Shard(key, tuple(acc.compute()), ctx.n_tokens, _now_ms(), labels, sample_table(spec, acc))
-
-
-def context_for(ctx: EvalContext) -> dict[str, JsonValue]:
-    """The EvalContext as JSON for run.json."""
-    return {
-        "median_norm": ctx.median_norm,
-        "norm_q25": ctx.norm_q25,
-        "norm_q75": ctx.norm_q75,
-        "n_tokens": ctx.n_tokens,
-        "label_names": list(ctx.label_names),
-        "seed": ctx.seed,
-    }

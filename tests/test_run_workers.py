@@ -1,0 +1,60 @@
+"""`evalkit run --workers N` with the local executor (evalkit.app.parallel): worker processes evaluate shares of
+the SAEs into the store, and the outputs equal a single process's; seed groups stay whole in one share."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from helpers.demo import DemoRuns
+
+from evalkit.app.cli import main
+from evalkit.app.demo import run_request
+from evalkit.app.parallel import shares
+from evalkit.app.run_cli import run
+
+# A seed group of three and two single SAEs of the small zoo: every metric group, autointerp included.
+SUBSET = ("topk_k8", "topk_k8_seed1", "topk_k8_seed2", "cosine_k4", "topafa_afa1_16")
+
+
+def test_shares_keep_seed_groups_whole_and_balance_counts() -> None:
+    class S:
+        def __init__(self, sae_id: str) -> None:
+            self.sae_id = sae_id
+
+    saes = [S(n) for n in "abcdefgh"]
+    by_id = {s.sae_id: s for s in saes}
+    groups = [[by_id["b"], by_id["e"], by_id["h"]], [by_id["c"], by_id["d"]]]
+    got = shares(saes, groups, 2)  # type: ignore[arg-type]
+    assert got == [["b", "e", "f", "h"], ["a", "c", "d", "g"]]
+    assert shares(saes, groups, 9) == [["b", "e", "h"], ["c", "d"], ["a"], ["f"], ["g"]]  # type: ignore[arg-type]
+    assert shares(saes[:1], [], 1) == [["a"]]  # type: ignore[arg-type]
+
+
+def _values(out: Path) -> pd.DataFrame:
+    frame = pd.read_parquet(out / "results.parquet").drop(columns=["sae_path"])
+    return frame.sort_values(["sae_id", "metric", "latent"], na_position="first").reset_index(drop=True)
+
+
+def test_two_worker_processes_give_the_single_process_outputs(small_demo: DemoRuns, tmp_path: Path) -> None:
+    zoo = tmp_path / "zoo"
+    for name in SUBSET:
+        shutil.copytree(small_demo.first.zoo_dir / name, zoo / name)
+    base = replace(run_request(tmp_path / "one", zoo, small_demo.world), no_report=True)
+    assert run(replace(base, workers=1)) == 0
+    assert run(replace(base, out=tmp_path / "two", workers=2)) == 0
+    one, two = _values(tmp_path / "one"), _values(tmp_path / "two")
+    assert set(one["sae_id"]) == set(SUBSET) and len(one) > 1000
+    assert {"seed_stability_mmcs", "autointerp_scored_latents", "probe_accuracy_k1"} <= set(one["metric"])
+    pd.testing.assert_frame_equal(one, two)  # bit-identical values and stderrs, not close
+    for name in ("results.csv", "summary.csv", "features.csv", "autointerp.csv"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("workers", ["0", "-2"])
+def test_nonpositive_workers_is_exit_2(tmp_path: Path, workers: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--sae", str(tmp_path), "--workers", workers, "--out", str(tmp_path / "o")]) == 2
+    assert "--workers" in capsys.readouterr().err
