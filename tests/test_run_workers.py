@@ -58,3 +58,36 @@ def test_two_worker_processes_give_the_single_process_outputs(small_demo: DemoRu
 def test_nonpositive_workers_is_exit_2(tmp_path: Path, workers: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "--sae", str(tmp_path), "--workers", workers, "--out", str(tmp_path / "o")]) == 2
     assert "--workers" in capsys.readouterr().err
+
+
+def test_workers_start_only_for_results_not_stored(small_demo: DemoRuns, tmp_path: Path, caplog) -> None:
+    """A rerun into a filled folder (the small demo's) spawns no worker process."""
+    out = tmp_path / "out"
+    shutil.copytree(small_demo.first.out_dir, out)
+    req = replace(run_request(out, small_demo.first.zoo_dir, small_demo.world), no_report=True, workers=2)
+    with caplog.at_level("INFO"):
+        assert run(req) == 0
+    assert "worker processes" not in caplog.text and "0 result(s) computed" in caplog.text
+
+
+def test_pending_saes_are_those_with_a_shard_missing_and_their_seed_groups(
+    small_demo: DemoRuns, tmp_path: Path
+) -> None:
+    from evalkit.app.run_cli import load_all_saes, resolve_sources
+    from evalkit.engine.keys import pending_saes
+    from evalkit.engine.store import ResultStore
+    from metrics.base import select_metrics
+
+    out = tmp_path / "out"
+    shutil.copytree(small_demo.first.out_dir, out)
+    req = run_request(out, small_demo.first.zoo_dir, small_demo.world)
+    saes = load_all_saes(req.sae, None, "cpu", "float32")
+    sources, hook_of = resolve_sources(req, saes)
+    specs, store = select_metrics(req.metrics), ResultStore(out)
+    assert pending_saes(store, req.settings(), specs, saes, sources, hook_of) == set()
+    by_id = {s.sae_id: s for s in saes}
+    for sae_id in ("cosine_k8_seed1", "batchtopk_k4"):
+        shutil.rmtree(out / ".evalkit-cache" / by_id[sae_id].content_hash)
+    got = pending_saes(store, req.settings(), specs, saes, sources, hook_of)
+    assert got == {"cosine_k8", "cosine_k8_seed1", "cosine_k8_seed2", "batchtopk_k4"}
+    assert pending_saes(store, replace(req, force=True).settings(), specs, saes, sources, hook_of) == set(by_id)

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from evalkit.app.request import RunRequest
-    from evalkit.engine.runconfig import SaeLike
+    from evalkit.engine.runconfig import DataSource, EvalSettings, SaeLike
+    from metrics.base import MetricSpec
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +42,39 @@ def shares(saes: Sequence[SaeLike], groups: Sequence[Sequence[SaeLike]], n_worke
     return [sorted(share, key=order.__getitem__) for share in out if share]
 
 
-def evaluate_in_workers(req: RunRequest, saes: Sequence[SaeLike], n_workers: int) -> None:
-    """Store every result of `saes` by running the runner (and autointerp stage) in `n_workers` processes."""
+def evaluate_in_workers(
+    req: RunRequest,
+    settings: EvalSettings,
+    specs: Sequence[MetricSpec],
+    saes: Sequence[SaeLike],
+    sources: dict[str, DataSource],
+    hook_of: dict[str, str],
+) -> bool:
+    """Store every result of `saes` not stored yet by running the runner (and autointerp stage) in up to
+    `req.workers` processes. Nothing to compute, or one seed group or SAE only: nothing is spawned (the driver's
+    own run computes it). True when workers ran (the driver then only collects)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
+    from evalkit.app.run_autointerp import AutointerpStage
+    from evalkit.engine.keys import pending_saes
     from evalkit.engine.runconfig import seed_groups
+    from evalkit.engine.store import ResultStore
 
+    store = ResultStore(req.out)
     groups = seed_groups(saes, req.explicit_groups())
-    parts = shares(saes, groups, n_workers)
+    todo = pending_saes(store, settings, specs, saes, sources, hook_of, req.explicit_groups())
+    if req.autointerp != "off":
+        todo |= set(AutointerpStage(req, settings, store, saes, sources, hook_of).observer.collectors)
+    for group in groups:
+        if todo & {s.sae_id for s in group}:
+            todo |= {s.sae_id for s in group}
+    todo_saes = [s for s in saes if s.sae_id in todo]
+    parts = shares(todo_saes, [g for g in groups if g[0].sae_id in todo], int(req.workers or 1))
+    if len(parts) < 2:
+        return False
     group_ids = [[s.sae_id for s in g] for g in groups]
-    log.info("evaluating %d SAE(s) in %d worker process(es): %s", len(saes), len(parts), [len(p) for p in parts])
+    log.info("evaluating %d SAE(s) in %d worker processes: %s", len(todo_saes), len(parts), [len(p) for p in parts])
     t0 = time.perf_counter()
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(len(parts), mp_context=context, initializer=_init_worker) as pool:
@@ -63,6 +86,7 @@ def evaluate_in_workers(req: RunRequest, saes: Sequence[SaeLike], n_workers: int
             n_computed, wall_s = future.result()  # a worker's error is raised here, in the driver
             log.info("worker %d done: %d result(s) computed in %.1f s", futures[future], n_computed, wall_s)
     log.info("every worker done in %.1f s", time.perf_counter() - t0)
+    return True
 
 
 def _init_worker() -> None:

@@ -344,8 +344,8 @@ def _locked_run(req: RunRequest, settings: EvalSettings, specs: list[MetricSpec]
     if req.executor == "local" and (req.workers or 1) > 1 and len(saes) > 1:
         from evalkit.app.parallel import collecting_request, evaluate_in_workers
 
-        evaluate_in_workers(req, saes, int(req.workers or 1))
-        req, settings = collecting_request(req), replace(settings, force=False)
+        if evaluate_in_workers(req, settings, specs, saes, sources, hook_of):
+            req, settings = collecting_request(req), replace(settings, force=False)
     store = ResultStore(req.out)
     stage = AutointerpStage(req, settings, store, saes, sources, hook_of) if req.autointerp != "off" else None
     runner = make_runner(req, settings, specs, store, [stage.observer] if stage else [])

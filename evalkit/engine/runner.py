@@ -24,6 +24,7 @@ from evalkit.core.faults import fault_point
 from evalkit.core.identity import JsonValue, stable_hash
 from evalkit.core.records import EvalContext, MetricValue, ResultKey, Shard
 from evalkit.engine.checkpoint import DEFAULT_INTERVAL_S, PassCheckpointer
+from evalkit.engine.keys import _config_hash, _data_key, _unmet
 from evalkit.engine.passes import HookData, data_stats, norm_prepass, provisional_hook_data, with_data_stats
 from evalkit.engine.runconfig import DataSource, EvalSettings, SaeLike, seed_groups
 from evalkit.engine.shards import context_for, now_ms, stream_shard
@@ -71,42 +72,6 @@ class RunOutcome:
     hooks: dict[str, HookData]
     passes: dict[str, dict[str, JsonValue]] = field(default_factory=dict)
     """Per hook: batches read, the batch a checkpoint resumed at, checkpoints written and their time."""
-
-
-def _config_hash(spec: MetricSpec, settings: EvalSettings, data: HookData, members: Sequence[str] = ()) -> str:
-    payload: dict[str, JsonValue] = {
-        "entry": spec.name,
-        "version": spec.version,
-        "settings": settings.hashed(),
-        "source": data.source.description,
-        "data": data.fingerprint,
-        "members": sorted(members),
-    }
-    return stable_hash(payload)
-
-
-def _data_key(data: HookData, settings: EvalSettings) -> str:
-    """The store's key for what a pass measured about this hook's data (data_stats)."""
-    return stable_hash({"hook": data.hook, "data": data.fingerprint, "settings": settings.hashed()})
-
-
-def _unmet(spec: MetricSpec, data: HookData, has_group: bool) -> str | None:
-    """Why a metric cannot run on this data, or None when it can."""
-    reasons = {
-        "model": None
-        if data.source.model is not None
-        else "needs the model (CE/KL); the source is precomputed activations",
-        "tokens": None if data.has_tokens else "needs token ids; the source has none",
-        "labels": None if data.label_names else "needs token-level labels (--labels or the embedded world)",
-        "positions": None,
-        "seed_group": None if has_group else "needs a seed group of >= 2 SAEs differing only in seed",
-        "norm_stats": None,
-    }
-    for req in sorted(spec.requires):
-        reason = reasons.get(req, f"unknown requirement {req!r}")
-        if reason:
-            return reason
-    return None
 
 
 class Runner:

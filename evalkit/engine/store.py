@@ -41,6 +41,10 @@ class ResultStore:
         """A valid shard is stored under `key` (a damaged one is warned about and counts as absent)."""
         return self.get(key) is not None
 
+    def exists(self, key: ResultKey) -> bool:
+        """A shard file is stored under `key` (not read: a damaged one is found when it is loaded)."""
+        return self._path(key).is_file()
+
     def load(self, key: ResultKey) -> Shard:
         shard = self.get(key)
         if shard is None:
