@@ -131,8 +131,15 @@ class Pool(_TensorFields):
 
 
 def make_window(tok_W: list[int], wact_W: list[float], seq: int, center: int, kind: str) -> Window:
+    if min(tok_W, default=0) >= 0:  # most windows: no special or out-of-sequence position to drop
+        return Window(seq, center, tuple(tok_W), tuple(wact_W), kind)
     keep = [j for j, t in enumerate(tok_W) if t >= 0]
     return Window(seq, center, tuple(tok_W[j] for j in keep), tuple(wact_W[j] for j in keep), kind)
+
+
+def overlaps_any(window: Window, others: list[Window], half_width: int) -> bool:
+    """`window` overlaps one of `others` (only windows of its own sequence can)."""
+    return any(window.overlaps(o, half_width) for o in others if o.seq == window.seq)
 
 
 def greedy_peaks(

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from autointerp.config import AutointerpConfig
-from autointerp.pools import BatchContext, Pool, RandomPool, Window, make_window
+from autointerp.pools import BatchContext, Pool, RandomPool, Window, make_window, overlaps_any
 from autointerp.status import Status
 from evalkit.core.errors import EvalkitInputError
 from evalkit.core.records import token_key
@@ -78,6 +78,7 @@ class ExampleCollector:
         self._hist_FH = torch.zeros(n, len(_HIST_EDGES) + 1, dtype=torch.long)
         self.n_seq = 0
         self.n_tokens = 0
+        self._random_lists: tuple[list[list[int]], list[int], list[int]] | None = None
 
     @torch.no_grad()
     def update(
@@ -152,6 +153,7 @@ class ExampleCollector:
 
     def finish(self) -> dict[int, LatentExamples]:
         """Per tracked latent: explainer windows, held-out scoring windows, random windows, firing count."""
+        self._random_lists = None
         return {latent: self._finish_one(i, latent) for i, latent in enumerate(self.latents)}
 
     def _firings(self, i: int, threshold: float) -> int:
@@ -183,7 +185,7 @@ class ExampleCollector:
         iw = [
             w
             for _, w in self._iw.windows_of(i, "iw")
-            if threshold < w.max_act < floor and not any(w.overlaps(t, c.window) for t in top)
+            if threshold < w.max_act < floor and not overlaps_any(w, top, c.window)
         ]
         iw = iw[: c.n_iw_total]
         held_iw_idx = set(rng.choice(len(iw), size=min(c.n_iw_score, len(iw)), replace=False).tolist())
@@ -207,7 +209,7 @@ class ExampleCollector:
         pool = [
             w
             for _, w in self._uni.windows_of(i, "quantile")  # type: ignore[union-attr]
-            if w.max_act > threshold and not any(w.overlaps(h, c.window) for h in held_out)
+            if w.max_act > threshold and not overlaps_any(w, held_out, c.window)
         ]
         pool.sort(key=lambda w: -w.max_act)
         bins = [list(b) for b in np.array_split(np.arange(len(pool)), c.n_quantiles) if len(b)]
@@ -224,17 +226,15 @@ class ExampleCollector:
         c = self.config
         candidates = []
         pool = self._random
+        if self._random_lists is None:  # the pool's tokens and places, as lists once for every latent
+            self._random_lists = (pool.tok_RW.tolist(), pool.seq_R.tolist(), pool.pos_R.tolist())
+        tok_RW, seq_R, pos_R = self._random_lists
+        codes_RW = pool.codes_RWF[:, :, i].tolist()
         for r in rng.permutation(pool.key_R.shape[0]).tolist():
-            if int(pool.seq_R[r]) < 0:
+            if int(seq_R[r]) < 0:
                 continue
-            w = make_window(
-                pool.tok_RW[r].tolist(),
-                pool.codes_RWF[r, :, i].tolist(),
-                int(pool.seq_R[r]),
-                int(pool.pos_R[r]),
-                "random",
-            )
-            if not any(w.overlaps(t, c.window) for t in taken):
+            w = make_window(tok_RW[r], codes_RW[r], int(seq_R[r]), int(pos_R[r]), "random")
+            if not overlaps_any(w, taken, c.window):
                 candidates.append(w)
             if len(candidates) == c.n_random_score:
                 break
