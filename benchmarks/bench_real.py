@@ -44,6 +44,7 @@ from evalkit.engine.runconfig import DataSource, EvalSettings, SaeLike, handle_f
 from evalkit.engine.runner import Runner
 from evalkit.engine.store import ResultStore
 from metrics.base import load_metric_modules, select_metrics
+from metrics.weight_cosines import clear_decoder_cosines
 
 log = logging.getLogger("bench_real")
 HOOK, LAYER = "blocks.8.hook_resid_pre", 8
@@ -176,6 +177,9 @@ def model_source(model: HookedTransformer, tokens: torch.Tensor) -> DataSource:
 
 def run_evalkit(handles: list[SaeLike], source: DataSource, metrics: str, out: Path | None = None) -> Runner:
     load_metric_modules()
+    # The decoder Gram summary is kept per SAE object for the metrics of one run; every run timed here pays for
+    # its own (before this, a group set after `+afa` reused its summary and looked ~0.3x the floor cheaper).
+    clear_decoder_cosines()
     with tempfile.TemporaryDirectory() as tmp:
         runner = Runner(
             ResultStore(out or Path(tmp)),

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 import torch
 
 from evalkit.core.records import EvalContext, MetricValue, SaeBatch
-from evalkit.sae.score import fires_on_pairs, norm_exponents
+from evalkit.sae.score import fires_after_rescale, fires_on_pairs, norm_exponents
 from metrics.base import State, StateValue, SumState, stream_metric, weights_metric
 
 MIN_FIRINGS = 20
@@ -209,10 +209,14 @@ class NormDetectors(SumState):
     @torch.no_grad()
     def _renormed_survivors(self, batch: SaeBatch, norms_T: torch.Tensor) -> torch.Tensor:
         """For each nonzero code (t, i), whether latent i still fires once token t is rescaled to the median norm
-        (x·m/‖x‖) [N]. Only the firing pairs matter, so variants with a per-latent firing rule score just those
-        pairs (evalkit.sae.score.fires_on_pairs); the others are re-encoded."""
+        (x·m/‖x‖) [N]. Only the firing pairs matter: for a ReLU/JumpReLU SAE with an affine input map they follow
+        from the codes themselves (evalkit.sae.score.fires_after_rescale, O(N)); other variants with a per-latent
+        firing rule score just those pairs (fires_on_pairs, O(N·d_in)); the rest are re-encoded."""
         codes = batch.codes
         scale_T = self.ctx.median_norm / norms_T.clamp_min(1e-30)
+        from_codes_N = fires_after_rescale(self.sae, scale_T, codes.token_N, codes.latent_N, codes.value_N)
+        if from_codes_N is not None:
+            return from_codes_N.to(codes.token_N.device)
         x_TD = batch.x_TD * scale_T.unsqueeze(1)
         device = self.sae.W_enc.device
         token_N, latent_N = codes.token_N.to(device), codes.latent_N.to(device)

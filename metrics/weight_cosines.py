@@ -100,6 +100,11 @@ def decoder_cosines(sae: torch.nn.Module, signed_max: bool = False) -> DecoderCo
     return summary
 
 
+def clear_decoder_cosines() -> None:
+    """Forget every kept summary (benchmarks that time the pass itself on the same SAE objects)."""
+    _CACHE.clear()
+
+
 def max_cosine_to_others(vectors_FD: torch.Tensor, block: int = GRAM_BLOCK) -> torch.Tensor:
     """For each row, the largest cosine with any other row (signed, as SAEBench) [F] (float64): the same blocked
     pass (symmetric, so F²·d/2 multiply-adds in float32, memory `block` × F floats)."""

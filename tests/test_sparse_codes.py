@@ -8,7 +8,7 @@ import torch
 
 from evalkit.core.records import EvalContext, SaeBatch, SparseCodes
 from evalkit.sae.factory import make_sae, variant_factories
-from evalkit.sae.score import fires_on_pairs
+from evalkit.sae.score import fires_after_rescale, fires_on_pairs
 from metrics.norm import NormDetectors
 
 PER_LATENT_RULE = {"standard", "jumprelu", "batchtopk", "matryoshka", "gated"}
@@ -47,7 +47,34 @@ def test_fires_on_pairs_equals_encoding_where_it_answers(variant: str) -> None:
         assert got_N is None  # a rule that compares latents: the caller encodes
 
 
-@pytest.mark.parametrize("variant", ["standard", "topk", "gated"])
+AFFINE_RELU = {"standard", "jumprelu", "batchtopk", "matryoshka"}
+"""Variants whose firing code is the pre-activation (batchtopk, matryoshka: sae-lens JumpReLU at evaluation):
+fires_after_rescale answers from the codes alone."""
+
+
+@pytest.mark.parametrize("variant", sorted(variant_factories()))
+@pytest.mark.parametrize("apply_b_dec", [True, False])
+def test_fires_after_rescale_equals_re_encoding_where_it_answers(variant: str, apply_b_dec: bool) -> None:
+    sae = make_sae(variant, d_in=16, d_sae=48, seed=5)
+    sae.cfg.apply_b_dec_to_input = apply_b_dec
+    gen = torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        sae.b_dec.copy_(torch.randn(16, generator=gen))  # a bias that matters
+        x_TD = torch.randn(64, 16, generator=gen) * 3
+        scale_T = torch.rand(64, generator=gen) * 4 + 0.2
+        codes = SparseCodes.from_dense(sae.encode(x_TD).float())
+        got_N = fires_after_rescale(sae, scale_T, codes.token_N, codes.latent_N, codes.value_N)
+        expected_N = sae.encode(x_TD * scale_T.unsqueeze(1))[codes.token_N, codes.latent_N] != 0
+    if variant not in AFFINE_RELU:
+        assert got_N is None  # scored pairs or a re-encode instead
+        return
+    assert got_N is not None and torch.equal(got_N, expected_N)
+    assert expected_N.any() and not expected_N.all()  # both outcomes compared
+    sae.cfg.normalize_activations = "constant_norm_rescale"  # input map no longer affine: no shortcut
+    assert fires_after_rescale(sae, scale_T, codes.token_N, codes.latent_N, codes.value_N) is None
+
+
+@pytest.mark.parametrize("variant", ["standard", "jumprelu", "topk", "gated"])
 def test_norm_survival_counts_equal_the_dense_re_encoding(variant: str) -> None:
     """norm_renorm_survival from scored firing pairs (or the re-encode fallback) equals the dense definition:
     per latent, tokens where it fires both at x and at x rescaled to the median norm."""

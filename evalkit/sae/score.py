@@ -184,6 +184,50 @@ def _gated_pairs(sae: GatedSAE, x_TD, token_N, latent_N):  # type: ignore[no-unt
     return (gate_N > 0) & (sae.activation_fn(mag_N) != 0)
 
 
+@functools.singledispatch
+def fires_after_rescale(
+    sae: SAE[Any], scale_T: torch.Tensor, token_N: torch.Tensor, latent_N: torch.Tensor, value_N: torch.Tensor
+) -> torch.Tensor | None:
+    """Whether the firing pair (t, i) (code `value_N[n]` ≠ 0) still fires once token t is rescaled by `scale_T[t]`
+    [N] (bool), from the pairs' own codes: O(N), not even a dot product per pair.
+
+    Exact up to float rounding for an SAE whose firing code IS its pre-activation (a ReLU, or JumpReLU above its
+    threshold) and whose input map is affine in x (no run-time input normalisation, its class's own encode):
+    sae_in(s·x) = s·sae_in(x) + (s − 1)·b with b the bias subtracted from the input, so
+    pre_i(s·x) = s·(f_i − b_enc,i) + (s − 1)·⟨b, W_enc[:,i]⟩ + b_enc,i. None for every other SAE, whose callers
+    score the pairs (`fires_on_pairs`) or encode."""
+    return None
+
+
+def _rescaled_pre(
+    sae: SAE[Any], scale_T: torch.Tensor, token_N: torch.Tensor, latent_N: torch.Tensor, value_N: torch.Tensor
+) -> torch.Tensor | None:
+    """pre_i(s_t·x_t) of each firing pair [N] (float64), or None when the SAE's input map is not affine."""
+    if sae.cfg.normalize_activations not in (None, "none") or not isinstance(sae.activation_fn, torch.nn.ReLU):
+        return None
+    device = value_N.device
+    W_DF = sae.W_enc.detach().to(device, torch.float64)
+    b_D = (sae.b_dec * sae.cfg.apply_b_dec_to_input).detach().to(device, torch.float64)
+    bW_N = (b_D @ W_DF)[latent_N]
+    b_enc_N = sae.b_enc.detach().to(device, torch.float64)[latent_N]
+    s_N = scale_T.to(device, torch.float64)[token_N]
+    return s_N * (value_N.double() - b_enc_N) + (s_N - 1) * bW_N + b_enc_N
+
+
+@fires_after_rescale.register
+def _standard_rescaled(sae: StandardSAE, scale_T, token_N, latent_N, value_N):  # type: ignore[no-untyped-def]
+    pre_N = _rescaled_pre(sae, scale_T, token_N, latent_N, value_N) if _encode_is(sae, StandardSAE) else None
+    return None if pre_N is None else pre_N > 0
+
+
+@fires_after_rescale.register
+def _jumprelu_rescaled(sae: JumpReLUSAE, scale_T, token_N, latent_N, value_N):  # type: ignore[no-untyped-def]
+    pre_N = _rescaled_pre(sae, scale_T, token_N, latent_N, value_N) if _encode_is(sae, JumpReLUSAE) else None
+    if pre_N is None:
+        return None
+    return (pre_N > 0) & (pre_N > sae.threshold.detach().to(pre_N.device, torch.float64)[latent_N])
+
+
 # ------------------------------------------------------------------------------------ alignment and norm exponent
 
 
