@@ -12,7 +12,15 @@ import torch
 from sae_lens import SAE
 
 from evalkit.world.build import build_world
-from evalkit.world.zoo import ZOO_SIZES, ZooEntry, activation_scale, train_one, training_tokens, zoo_entries
+from evalkit.world.zoo import (
+    L1_LR_FACTOR,
+    ZOO_SIZES,
+    ZooEntry,
+    activation_scale,
+    train_one,
+    training_tokens,
+    zoo_entries,
+)
 from evalkit.world.zoo_train import levelled_off, read_curve
 
 # Architectures whose training forward pass equals the inference one (batch top-k differs by design).
@@ -32,7 +40,8 @@ def world(tmp_path_factory):
 
 
 def test_zoo_composition() -> None:
-    entries = zoo_entries(d_sae=1024)
+    zoo = ZOO_SIZES["default"]
+    entries = zoo_entries(zoo.d_sae_multiple * 128, zoo.steps, zoo.ks, cosine_ks=zoo.cosine_ks)
     archs = Counter(e.architecture for e in entries)
     for arch in (
         "standard",
@@ -63,7 +72,10 @@ def test_zoo_composition() -> None:
         seeds = Counter((json.dumps(e.params, sort_keys=True)) for e in entries if e.architecture == arch)
         assert max(seeds.values()) >= 3, arch
     assert len({e.name for e in entries}) == len(entries)
-    assert {"topk_k32_seed1", "batchtopk_k8", "matryoshka_k32"} <= {e.name for e in entries}
+    assert {"topk_k16_seed1", "batchtopk_k4", "matryoshka_k16", "cosine_k16_seed2"} <= {e.name for e in entries}
+    # the L1-trained SAEs train at a lower learning rate (co-firing duplicate latents at the zoo's rate)
+    assert {e.lr_factor for e in entries if e.architecture in ("standard", "gated")} == {L1_LR_FACTOR}
+    assert {e.lr_factor for e in entries if e.architecture not in ("standard", "gated")} == {1.0}
     assert all(isinstance(e.params.get("k", 1), int) for e in entries)
 
 
@@ -136,7 +148,7 @@ def test_default_world_and_zoo() -> None:
     assert len(records) >= 28
     for record in records:
         sae = SAE.load_from_disk(str(zoo / record["name"]))
-        assert sae.cfg.d_in == world.d_model and sae.cfg.d_sae == 8 * world.d_model
+        assert sae.cfg.d_in == world.d_model and sae.cfg.d_sae == ZOO_SIZES["default"].d_sae_multiple * world.d_model
         assert record["converged"], record["name"]  # every SAE trained until its loss levelled off
         curve = read_curve(zoo / record["name"])
         probes = [row["probe_loss"] for row in curve if not math.isnan(row["probe_loss"])]
@@ -211,4 +223,4 @@ def test_zoo_records_how_each_sae_was_initialised() -> None:
     entries = {e.name: e for e in zoo_entries(d_sae=1024)}
     family = {"unit_enc_topk", "unit_enc_batchtopk", "unit_enc_matryoshka_batchtopk", "aligned_topk"}
     assert {e.architecture for e in entries.values() if e.outlier_init} == family
-    assert not entries["standard_l1_coefficient1"].outlier_init and not entries["cosine_k32"].outlier_init
+    assert not entries["standard_l1_coefficient1"].outlier_init and not entries["cosine_k16"].outlier_init

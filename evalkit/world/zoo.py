@@ -39,7 +39,10 @@ log = logging.getLogger(__name__)
 # 6: sae-lens random init (no copied tokens), aux-k normalized as the OpenAI reference, a fixed step budget per SAE
 # (seed replicas equal), JumpReLU pre-activation loss; learning rate held at a tenth over the last 30%, the criterion
 # read on fixed probe tokens; batch 256, 1200 steps; sweeps k 8/32/128, standard L1 1/4/16
-ZOO_VERSION = 6
+# 7: d_sae 4 x d_model, batch 1024 at lr 2e-3, 1000 steps, dead window 100 steps, L1 SAEs at a quarter of the lr,
+# sweeps k 4/16/64 (TopK families and cosine), top-AFA afa 1/128, 1/64, 1/32. Held-out: max dead 40.5% -> 4.3%,
+# standard L1=16 duplicates 75% -> 24%, levelled off 3 -> 6 of 28, zoo build 716 -> 824 s CPU (docs/world.md)
+ZOO_VERSION = 7
 # Inference parameters that live in activation units: they scale with c when the SAE moves to raw activations.
 PROBE_SEED = 3000
 SCALED_PARAMS = ("b_enc", "b_dec", "b_gate", "b_mag", "threshold")
@@ -53,10 +56,12 @@ class ZooEntry:
     architecture: str
     params: dict[str, float | int | str | bool | list[int]] = field(default_factory=dict)
     seed: int = 0
-    steps: int = 1200
+    steps: int = 1000
     """Its step budget, trained in full (the same for every seed of one configuration)."""
     outlier_init: bool = False
     """Start orthogonal to the massive tokens' directions (evalkit.world.zoo_init); set for the TopK family."""
+    lr_factor: float = 1.0
+    """Its learning rate as a multiple of ZooSize.lr (L1_LR_FACTOR for the L1-trained standard and gated SAEs)."""
 
 
 # The TopK family gets the outlier-aware initialisation: on the first world without it batch-top-k k=16 ended with 75%
@@ -69,7 +74,14 @@ OUTLIER_INIT_ARCHITECTURES = frozenset(
 
 
 STANDARD_L1 = (1.0, 4.0, 16.0)
-AFA_COEFFICIENTS = (1 / 128, 1 / 32, 1 / 16)
+L1_LR_FACTOR = 0.25
+"""L1-trained SAEs (standard, gated) train at a quarter of the zoo's learning rate. Why: at 2e-3 (batch 1024, d_sae 512)
+co-firing copies formed (pairs of latents with |cos| > 0.99 between decoder rows, Jaccard 0.8 between their firing
+sets, encoder cos 0.9): standard L1=4 had 51% of its latents in such pairs, L1=16 64%, gated 8%; at 5e-4 L1=4 had
+2.7% and L1=1 none. The L1 penalty is indifferent to splitting one feature over identical copies, so copies that the
+large early Adam steps pull onto one direction stay together; the L1 recipes train at low rates (Anthropic's April 2024
+update: 5e-5 at batch 4096 on unit-scale inputs)."""
+AFA_COEFFICIENTS = (1 / 128, 1 / 64, 1 / 32)
 """Three of the top-AFA reference's five afa_coeff values (1/128, 1/64, 1/32, 1/24, 1/16), spanning them."""
 
 
@@ -84,14 +96,17 @@ def _seeds(prefix: str, arch: str, params: dict[str, object], seeds: tuple[int, 
 
 def zoo_entries(
     d_sae: int,
-    steps: int = 1200,
-    ks: tuple[int, ...] = (8, 32, 128),
+    steps: int = 1000,
+    ks: tuple[int, ...] = (4, 16, 64),
     afa_coefficients: tuple[float, ...] = AFA_COEFFICIENTS,
+    cosine_ks: tuple[int, ...] | None = None,
 ) -> list[ZooEntry]:
     """The zoo of docs/world.md: every variant; sparsity sweeps for standard/topk/batchtopk/cosine/aligned topk and
     an AFA-coefficient sweep for top-AFA; 3 seeds for topk, aligned topk and cosine (at the middle k; seed 0 is
     the sweep's own member). `steps` is each SAE's step budget (seed replicas included)."""
     mid = ks[len(ks) // 2]
+    cosine_ks = cosine_ks or ks
+    cos_mid = cosine_ks[len(cosine_ks) // 2]
     widths = [d_sae // 16, d_sae // 4, d_sae]
     # sae-lens rescales TopK latents by decoder norms by default; here that left ~1.5x more dead latents.
     plain = {"rescale_acts_by_decoder_norm": False}
@@ -101,7 +116,10 @@ def zoo_entries(
     # the decoder now carries all of a latent's scale (k16 dead 55% at 0.1 vs 2% at 0.3).
     unit_enc = {**plain, "decoder_init_norm": 0.3}
     entries = [
-        *_sweep("standard", "standard", "l1_coefficient", STANDARD_L1, steps),
+        *[
+            replace(e, lr_factor=L1_LR_FACTOR)
+            for e in _sweep("standard", "standard", "l1_coefficient", STANDARD_L1, steps)
+        ],
         *_sweep("topk", "unit_enc_topk", "k", tuple(float(k) for k in ks), steps, **unit_enc),
         *_seeds("topk", "unit_enc_topk", {"k": mid, **unit_enc}, (1, 2), steps),
         *_sweep("batchtopk", "unit_enc_batchtopk", "k", tuple(float(k) for k in ks), steps, **unit_enc),
@@ -123,10 +141,10 @@ def zoo_entries(
             0,
             steps,
         ),
-        ZooEntry("gated", "gated", {"l1_coefficient": 3.0}, 0, steps),
-        *_sweep("cosine", "cosine", "k", tuple(float(k) for k in ks), steps),
-        *_seeds("cosine", "cosine", {"k": mid}, (1, 2), steps),
-        ZooEntry(f"cosine_perfeature_k{mid}", "cosine", {"k": mid, "per_feature": True}, 0, steps),
+        ZooEntry("gated", "gated", {"l1_coefficient": 3.0}, 0, steps, lr_factor=L1_LR_FACTOR),
+        *_sweep("cosine", "cosine", "k", tuple(float(k) for k in cosine_ks), steps),
+        *_seeds("cosine", "cosine", {"k": cos_mid}, (1, 2), steps),
+        ZooEntry(f"cosine_perfeature_k{cos_mid}", "cosine", {"k": cos_mid, "per_feature": True}, 0, steps),
         *_sweep("aligned_topk", "aligned_topk", "k", tuple(float(k) for k in ks), steps),
         *_seeds("aligned_topk", "aligned_topk", {"k": mid}, (1, 2), steps),
         # Top-AFA trained with its AFA loss, as the reference's experiments (afa_coeff 1/128 ... 1/16); its
@@ -156,20 +174,27 @@ def _int_k(params: dict[str, object]) -> dict[str, object]:
 
 @dataclass(frozen=True)
 class ZooSize:
-    d_sae_multiple: int = 8
-    steps: int = 1200
+    d_sae_multiple: int = 4
+    """4 x d_model (docs/world.md: at the same CPU, 900 steps of 1,024 tokens at d_sae 512 took top-k k=32 to FVU
+    0.0039 against 0.0062 for 1,200 steps of 256 at d_sae 1,024, and top-k k=8 from 40.5% dead latents to 0.4%)."""
+    steps: int = 1000
     """Each SAE's step budget (all of it is trained); `convergence` says whether the loss had levelled off."""
     convergence: Convergence = field(default_factory=Convergence)
     workers: int = 2
     """SAEs trained at once, one process and one thread each (the result does not depend on it)."""
-    batch_size: int = 256
-    lr: float = 1e-3
+    batch_size: int = 1024
+    lr: float = 2e-3
     schedule: LrSchedule = field(default_factory=LrSchedule)
     probe_tokens: int = 2048
     """Fixed tokens on which the training objective is evaluated every 50 steps for the levelling-off criterion."""
-    ks: tuple[int, ...] = (8, 32, 128)
-    dead_window: int = 20
-    """Steps without firing after which a latent counts as dead for the auxiliary-k loss."""
+    ks: tuple[int, ...] = (4, 16, 64)
+    """k of the TopK families' sweeps (topk, batch-top-k, aligned top-k); seeds and matryoshka at the middle one."""
+    cosine_ks: tuple[int, ...] | None = (4, 16, 64)
+    """k of the cosine sweep (default: `ks`); seeds and the per-feature cosine SAE at the middle one."""
+    dead_window: int = 100
+    """Steps without firing after which a latent counts as dead for the auxiliary-k loss. 100 steps of 1,024 tokens:
+    at 20 steps the aux loss also pulled rare but live latents toward the residual, which the heavy-tail tokens
+    dominate (top-k k=4, d_sae 512, held-out dead share 23% at 20 steps, 9.8% at 100, 14.5% at 400)."""
     train_norm_cap: float | None = None
     """When set, training (not evaluation) drops tokens whose norm exceeds this multiple of the median, as
     the cosine paper trained. Off by default. On the first world (one fixed massive vector on the sentence
@@ -188,7 +213,10 @@ ZOO_SIZES = {
         convergence=Convergence(min_steps=20),
         workers=1,
         batch_size=64,
+        lr=1e-3,
         ks=(4, 8, 12),
+        cosine_ks=None,
+        dead_window=20,
         probe_tokens=128,
     ),
 }
@@ -305,8 +333,8 @@ def train_one(
     trainer_cfg = SAETrainerConfig(
         total_training_samples=entry.steps * zoo.batch_size,
         train_batch_size_samples=zoo.batch_size,
-        lr=zoo.lr,
-        lr_end=zoo.lr,
+        lr=zoo.lr * entry.lr_factor,
+        lr_end=zoo.lr * entry.lr_factor,
         dead_feature_window=zoo.dead_window,
         feature_sampling_window=1000,
         logger=LoggingConfig(log_to_wandb=False),
@@ -353,7 +381,7 @@ def _train_all(folder: Path, world: World, zoo: ZooSize) -> None:
     all_ND = training_tokens(world)
     c = activation_scale(all_ND)  # from every token: the scale and saved units never depend on the cap
     n_train = int(ordinary_mask(all_ND, zoo.train_norm_cap).sum())
-    entries = zoo_entries(zoo.d_sae_multiple * world.d_model, zoo.steps, zoo.ks)
+    entries = zoo_entries(zoo.d_sae_multiple * world.d_model, zoo.steps, zoo.ks, cosine_ks=zoo.cosine_ks)
     level = logging.getLogger().getEffectiveLevel()  # spawned workers start without the CLI's logging set-up
     jobs = [(entry, world, zoo, folder / entry.name, level) for entry in entries]
     if zoo.workers <= 1:
@@ -403,7 +431,9 @@ def build_zoo(world: World, cache_dir: Path | str | None = None, size: str | Non
     size = size or world.fingerprint.split(":")[1]
     zoo = ZOO_SIZES[size if size in ZOO_SIZES else "default"]
     # Every entry's recipe is in the key, so editing zoo_entries rebuilds the zoo; ZOO_VERSION covers training code.
-    entries = [asdict(e) for e in zoo_entries(zoo.d_sae_multiple * world.d_model, zoo.steps, zoo.ks)]
+    entries = [
+        asdict(e) for e in zoo_entries(zoo.d_sae_multiple * world.d_model, zoo.steps, zoo.ks, cosine_ks=zoo.cosine_ks)
+    ]
     recipe = {k: v for k, v in asdict(zoo).items() if k != "workers"}  # the result does not depend on workers
     config = {"zoo_version": ZOO_VERSION, "world": world.fingerprint, **recipe, "entries": entries}
     root = cache_root(cache_dir) if cache_dir is not None else world.root.parent.parent
