@@ -17,7 +17,7 @@ from evalkit.app.parallel import shares
 from evalkit.app.run_cli import run
 
 # A seed group of three and two single SAEs of the small zoo: every metric group, autointerp included.
-SUBSET = ("topk_k8", "topk_k8_seed1", "topk_k8_seed2", "cosine_k4", "topafa_afa1_16")
+SUBSET = ("topk_k8", "topk_k8_seed1", "topk_k8_seed2", "cosine_k4", "topafa_afa1_32")
 
 
 def test_shares_keep_seed_groups_whole_and_balance_counts() -> None:
