@@ -132,21 +132,23 @@ def _seed_stats(values: list[float]) -> tuple[float | None, float | None, int]:
 def summary_text(outputs: Sequence[SaeOutput], seed_groups: Sequence[Sequence[str]] = ()) -> str:
     """One row per SAE: its SAE-level metrics, then `<metric>_stderr` (token-level), then for SAEs in a seed group
     `<metric>_seed_mean/_seed_std/_seed_n` over the group (empty for SAEs in none)."""
+    # Each SAE's values read once (its shards hold every per-latent value too).
+    levels = {o.handle.sae_id: _sae_level(o) for o in outputs}
+    stderrs = {o.handle.sae_id: _sae_stderr(o) for o in outputs}
     metric_names: dict[str, None] = {}
-    for o in outputs:
-        metric_names.update(dict.fromkeys(_sae_level(o)))
-    with_se = [m for m in metric_names if any(m in _sae_stderr(o) for o in outputs)]
-    by_id = {o.handle.sae_id: o for o in outputs}
-    group_of = {sid: [by_id[m] for m in g if m in by_id] for g in seed_groups for sid in g}
+    for level in levels.values():
+        metric_names.update(dict.fromkeys(level))
+    with_se = [m for m in metric_names if any(m in se for se in stderrs.values())]
+    group_of = {sid: [levels[m] for m in g if m in levels] for g in seed_groups for sid in g}
     seed_cols = [f"{m}_{stat}" for m in metric_names for stat in SEED_STATS] if group_of else []
     rows = []
     for o in outputs:
-        level, se = _sae_level(o), _sae_stderr(o)
+        level, se = levels[o.handle.sae_id], stderrs[o.handle.sae_id]
         row: list[float | int | str | None] = [*_sae_cells(o), *(level.get(m) for m in metric_names)]
         row += [se.get(m) for m in with_se]
         members = group_of.get(o.handle.sae_id)
         for m in metric_names if seed_cols else ():
-            row += _seed_stats([_sae_level(x)[m] for x in members if m in _sae_level(x)]) if members else [None] * 3
+            row += _seed_stats([x[m] for x in members if m in x]) if members else [None] * 3
         rows.append(row)
     return _csv_text([*SAE_COLUMNS, *metric_names, *(f"{m}_stderr" for m in with_se), *seed_cols], rows)
 
