@@ -3,6 +3,7 @@ the SAEs into the store, and the outputs equal a single process's; seed groups s
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -52,6 +53,10 @@ def test_two_worker_processes_give_the_single_process_outputs(small_demo: DemoRu
     pd.testing.assert_frame_equal(one, two)  # bit-identical values and stderrs, not close
     for name in ("results.csv", "summary.csv", "features.csv", "autointerp.csv"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+    # run.json counts the workers' results as computed by this run, not as reused by its collecting pass
+    runs = [json.loads((tmp_path / d / "run.json").read_text())["execution"] for d in ("one", "two")]
+    assert runs[0]["computed"] == runs[1]["computed"] > 0 and runs[0]["reused"] == runs[1]["reused"] == 0
+    assert runs[0]["computed_by_workers"] == 0 and runs[1]["computed_by_workers"] == runs[1]["computed"]
 
 
 @pytest.mark.parametrize("workers", ["0", "-2"])

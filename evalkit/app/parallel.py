@@ -52,10 +52,11 @@ def evaluate_in_workers(
     saes: Sequence[SaeLike],
     sources: dict[str, DataSource],
     hook_of: dict[str, str],
-) -> bool:
+) -> int | None:
     """Store every result of `saes` not stored yet by running the runner (and autointerp stage) in up to
     `req.workers` processes. Nothing to compute, or one seed group or SAE only: nothing is spawned (the driver's
-    own run computes it). True when workers ran (the driver then only collects)."""
+    own run computes it) and the answer is None. When workers ran (the driver then only collects): the number of
+    results they computed."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -75,7 +76,7 @@ def evaluate_in_workers(
     todo_saes = [s for s in saes if s.sae_id in todo]
     parts = shares(todo_saes, [g for g in groups if g[0].sae_id in todo], int(req.workers or 1))
     if len(parts) < 2:
-        return False
+        return None
     group_ids = [[s.sae_id for s in g] for g in groups]
     log.info("evaluating %d SAE(s) in %d worker processes: %s", len(todo_saes), len(parts), [len(p) for p in parts])
     t0 = time.perf_counter()
@@ -85,11 +86,13 @@ def evaluate_in_workers(
             pool.submit(evaluate_share, req, part, [g for g in group_ids if g[0] in part]): i
             for i, part in enumerate(parts)
         }
+        total = 0
         for future in as_completed(futures):
             n_computed, wall_s = future.result()  # a worker's error is raised here, in the driver
             log.info("worker %d done: %d result(s) computed in %.1f s", futures[future], n_computed, wall_s)
+            total += n_computed
     log.info("every worker done in %.1f s", time.perf_counter() - t0)
-    return True
+    return total
 
 
 def _init_worker() -> None:

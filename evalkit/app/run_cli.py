@@ -341,10 +341,13 @@ def _locked_run(req: RunRequest, settings: EvalSettings, specs: list[MetricSpec]
     from evalkit.engine.store import ResultStore
 
     saes, sources, hook_of, bad = _preflight(req)
+    by_workers = 0
     if req.executor == "local" and (req.workers or 1) > 1 and len(saes) > 1:
         from evalkit.app.parallel import collecting_request, evaluate_in_workers
 
-        if evaluate_in_workers(req, settings, specs, saes, sources, hook_of):
+        n_by_workers = evaluate_in_workers(req, settings, specs, saes, sources, hook_of)
+        if n_by_workers is not None:
+            by_workers = n_by_workers
             req, settings = collecting_request(req), replace(settings, force=False)
     store = ResultStore(req.out)
     stage = AutointerpStage(req, settings, store, saes, sources, hook_of) if req.autointerp != "off" else None
@@ -374,13 +377,12 @@ def _locked_run(req: RunRequest, settings: EvalSettings, specs: list[MetricSpec]
     if stage is not None and stage.llm_usage:
         info["execution"]["llm_usage"] = stage.llm_usage  # type: ignore[index]
     info["execution"].update(execution_info(runner))  # type: ignore[union-attr]
+    # Results the worker processes computed were computed by this run; the collecting pass only read them back.
+    n_computed, n_reused = len(outcome.computed) + by_workers, len(outcome.reused) - by_workers
+    info["execution"].update({"computed": n_computed, "reused": n_reused, "computed_by_workers": by_workers})  # type: ignore[union-attr]
     write_outputs(req.out, outputs, info, eval_config)
     log.info(
-        "evaluated %d SAE(s): %d result(s) computed, %d reused; wrote %s",
-        len(saes),
-        len(outcome.computed),
-        len(outcome.reused),
-        req.out,
+        "evaluated %d SAE(s): %d result(s) computed, %d reused; wrote %s", len(saes), n_computed, n_reused, req.out
     )
     if not req.no_report:
         from reports.html import write_report
