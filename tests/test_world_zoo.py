@@ -12,15 +12,8 @@ import torch
 from sae_lens import SAE
 
 from evalkit.world.build import build_world
-from evalkit.world.zoo import (
-    L1_LR_FACTOR,
-    ZOO_SIZES,
-    ZooEntry,
-    activation_scale,
-    train_one,
-    training_tokens,
-    zoo_entries,
-)
+from evalkit.world.zoo import activation_scale, train_one, training_tokens
+from evalkit.world.zoo_recipe import L1_LR_FACTOR, ZOO_SIZES, ZooEntry, zoo_entries
 from evalkit.world.zoo_train import levelled_off, read_curve
 
 # Architectures whose training forward pass equals the inference one (batch top-k differs by design).

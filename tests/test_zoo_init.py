@@ -10,8 +10,9 @@ import torch
 from sae_lens import SAE
 
 from evalkit.world.planted import planted_activations
-from evalkit.world.zoo import ZooEntry, ZooSize, activation_scale, train_one
+from evalkit.world.zoo import activation_scale, train_one
 from evalkit.world.zoo_init import init_from_data, outlier_directions
+from evalkit.world.zoo_recipe import ZooEntry, ZooSize
 
 
 def massive_tokens(

@@ -11,7 +11,8 @@ from types import SimpleNamespace
 import pytest
 
 from evalkit.world.planted import planted_activations
-from evalkit.world.zoo import AFA_COEFFICIENTS, ZooEntry, ZooSize, activation_scale, train_one, zoo_entries
+from evalkit.world.zoo import activation_scale, train_one
+from evalkit.world.zoo_recipe import AFA_COEFFICIENTS, ZooEntry, ZooSize, zoo_entries
 from evalkit.world.zoo_train import Convergence, LrSchedule, levelled_off, read_curve, window_change
 
 WORLD = SimpleNamespace(model_dir=Path("planted"), hook_name="planted", fingerprint="planted")
