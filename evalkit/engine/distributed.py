@@ -21,12 +21,13 @@ from typing import Any, Protocol
 
 import torch
 
-from evalkit.core.identity import stable_hash
 from evalkit.core.io import atomic_write_bytes
 from evalkit.core.records import EvalContext, MetricValue, ResultKey
+from evalkit.engine.keys import _config_hash, _data_key, _unmet
 from evalkit.engine.passes import HookData, data_stats
 from evalkit.engine.runconfig import DataSource, EvalSettings, SaeLike
-from evalkit.engine.runner import Runner, RunOutcome, SaeResult, _config_hash, _unmet, stream_shard
+from evalkit.engine.runner import Runner, RunOutcome, SaeResult
+from evalkit.engine.shards import stream_shard
 from evalkit.engine.store import ResultStore
 from evalkit.engine.units import (
     HookPlan,
@@ -191,8 +192,7 @@ class DistributedRunner(Runner):
         units = plan_units(plan, pending, by_id, self.settings, split, self.executor.n_workers)
         states = self._execute(units, plan)
         self.timings_s[f"stream:{data.hook}"] = time.perf_counter() - t0
-        data_key = stable_hash({"hook": data.hook, "data": data.fingerprint, "settings": self.settings.hashed()})
-        self.store.save_data_stats(data_key, data_stats(data))
+        self.store.save_data_stats(_data_key(data, self.settings), data_stats(data))
         t0 = time.perf_counter()
         self._prefetch_weights(members, data, grouped_ids)
         for s in members:
