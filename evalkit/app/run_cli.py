@@ -6,7 +6,6 @@ import argparse
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -348,7 +347,8 @@ def _locked_run(req: RunRequest, settings: EvalSettings, specs: list[MetricSpec]
         n_by_workers = evaluate_in_workers(req, settings, specs, saes, sources, hook_of)
         if n_by_workers is not None:
             by_workers = n_by_workers
-            req, settings = collecting_request(req), replace(settings, force=False)
+            req = collecting_request(req)
+            settings = req.settings()
     store = ResultStore(req.out)
     stage = AutointerpStage(req, settings, store, saes, sources, hook_of) if req.autointerp != "off" else None
     runner = make_runner(req, settings, specs, store, [stage.observer] if stage else [])
