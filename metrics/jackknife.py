@@ -78,15 +78,16 @@ def slice_batch(batch: SaeBatch, start: int, stop: int) -> SaeBatch:
     changes: dict[str, Any] = {}
     for f in fields(batch):
         value = getattr(batch, f.name)
-        if f.name != "x_mean_D" and isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == n:
+        per_token = f.name not in ("x_mean_D", "_mean64_D")
+        if per_token and isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == n:
             changes[f.name] = value[start:stop]
     changes["extras"] = {
         k: v[start:stop] if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == n else v
         for k, v in batch.extras.items()
     }
     changes["_codes"] = _slice_codes(batch.codes, start, stop)
-    if batch.x_mean_D is None:
-        changes["x_mean_D"] = batch.x_TD.detach().to("cpu", torch.float64).mean(0)
+    changes["x_mean_D"] = batch.source_mean_D()
+    changes["_mean64_D"] = None
     if batch.source_n_tokens is None:
         changes["source_n_tokens"] = n
     return replace(batch, **changes)

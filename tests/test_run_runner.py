@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -166,3 +167,35 @@ def test_explicit_seed_groups_by_path_or_id(tmp_path: Path) -> None:
     assert [[s.sae_id for s in g] for g in seed_groups(saes)] == [["s0", "s1"]]
     with pytest.raises(EvalkitInputError, match="nope"):
         seed_groups(saes, [["s0", "nope"]])
+
+
+SIDE_THREADS: list[str] = []
+
+
+def decoder_norm_and_thread(sae: StandardSAE, ctx: EvalContext) -> list[MetricValue]:
+    SIDE_THREADS.append(threading.current_thread().name)
+    return [MetricValue("dec_norm", float(sae.W_dec.norm()))]
+
+
+SIDE = MetricSpec("t_side", "alignment", "weights", decoder_norm_and_thread, ("dec_norm",))
+
+
+def test_weights_metrics_run_beside_the_pass_with_the_same_values(tmp_path: Path) -> None:
+    from metrics.norm import norm_dependence_metric
+
+    load_metric_modules()
+    SIDE_THREADS.clear()
+    # `norm` streams with the norm statistics: a pre-pass fixes the data, so the weights metrics run beside the pass
+    outcome = run(tmp_path / "a", [*select_metrics("norm"), SIDE], CountingSource())
+    assert SIDE_THREADS == ["evalkit-weights_0"] * 3
+    for r in outcome.results:
+        values = {(v.metric, v.latent): v.value for sh in r.shards for v in sh.values}
+        assert values[("dec_norm", None)] == float(r.handle.sae.W_dec.detach().norm())
+        direct = norm_dependence_metric(r.handle.sae, outcome.hooks["h"].ctx)
+        assert {(v.metric, v.latent): v.value for v in direct} == {
+            k: v for k, v in values.items() if k[0].startswith("norm_dependence")
+        }
+    # weights metrics alone (no pass to run beside): in the finish phase, on the caller's thread
+    SIDE_THREADS.clear()
+    run(tmp_path / "b", [SIDE], CountingSource())
+    assert SIDE_THREADS == [threading.current_thread().name] * 3

@@ -102,6 +102,16 @@ class SaeBatch:
     """Kept tokens of that whole source batch (per-batch normalisations, e.g. SAEBench's mse); None = len(x_TD)."""
     _norms_T: torch.Tensor | None = None
     _codes: SparseCodes | None = None
+    _mean64_D: torch.Tensor | None = None
+
+    def source_mean_D(self) -> torch.Tensor:
+        """`x_mean_D`, or (a whole batch) the mean of x_TD in float64 on the CPU, computed once and shared by every
+        jackknife block of every metric of this batch (a float64 copy of x per block and metric before)."""
+        if self.x_mean_D is not None:
+            return self.x_mean_D
+        if self._mean64_D is None:
+            self._mean64_D = self.x_TD.detach().to("cpu", torch.float64).mean(0)
+        return self._mean64_D
 
     @property
     def norms_T(self) -> torch.Tensor:

@@ -9,6 +9,7 @@ the store is reused.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -23,6 +24,7 @@ from evalkit.core.errors import EvalkitInputError
 from evalkit.core.faults import fault_point
 from evalkit.core.identity import JsonValue, stable_hash
 from evalkit.core.records import EvalContext, MetricValue, ResultKey, Shard
+from evalkit.engine.ahead import WeightsAhead
 from evalkit.engine.checkpoint import DEFAULT_INTERVAL_S, PassCheckpointer
 from evalkit.engine.keys import _config_hash, _data_key, _unmet
 from evalkit.engine.passes import HookData, data_stats, norm_prepass, provisional_hook_data, with_data_stats
@@ -99,6 +101,7 @@ class Runner:
         self.skipped: dict[tuple[str, str], SkipNote] = {}
         self.timings_s: dict[str, float] = {}
         self._peeked: dict[ResultKey, Shard] = {}
+        self._ahead: WeightsAhead | None = None
 
     def _skip(self, spec: MetricSpec, reason: str, sae_id: str) -> None:
         note = self.skipped.setdefault((spec.name, reason), SkipNote(spec.name, spec.names, reason, []))
@@ -236,6 +239,38 @@ class Runner:
             wants_ds = any("model" in self._spec(n).requires for n in pending)
             if pending or any(o.wants(s.sae_id) for o in self.observers):
                 states.append(SaeState(s, pending, wants_ds))
+        self._ahead = self._start_weights(members, data, grouped_ids) if states else None
+        try:
+            return self._pass_and_finish(data, members, results, grouped_ids, states)
+        finally:
+            if self._ahead is not None:
+                self._ahead.close()
+            self._ahead = None
+
+    def _start_weights(self, members: Sequence[SaeLike], data: HookData, grouped_ids: set[str]) -> WeightsAhead | None:
+        """The uncomputed weights metrics of `members`, started on a side thread (evalkit.engine.ahead) to run
+        beside the pass; only on data a pre-pass has fixed, so their keys and context are the finish phase's."""
+        if not data.prepassed:
+            return None
+        ahead = None
+        for s in members:
+            for spec in (sp for sp in self.specs if sp.kind == "weights"):
+                if _unmet(spec, data, s.sae_id in grouped_ids):
+                    continue
+                key = ResultKey(s.content_hash, spec.name, _config_hash(spec, self.settings, data))
+                if self.settings.force or not self._peek(key):
+                    ahead = ahead or WeightsAhead()
+                    ahead.submit(s.sae_id, spec.name, data.ctx, functools.partial(_values_of, spec, s, data.ctx))
+        return ahead
+
+    def _pass_and_finish(
+        self,
+        data: HookData,
+        members: Sequence[SaeLike],
+        results: dict[str, SaeResult],
+        grouped_ids: set[str],
+        states: list[SaeState],
+    ) -> HookData:
         t0 = time.perf_counter()
         data_key = _data_key(data, self.settings)
         watched = sorted(s.sae_id for s in members for o in self.observers if o.wants(s.sae_id))
@@ -344,10 +379,15 @@ class Runner:
 
     @torch.no_grad()
     def _weights_values(self, spec: MetricSpec, s: SaeLike, ctx: EvalContext) -> list[MetricValue]:
-        return list(spec.factory(s.sae, ctx))
+        found = None if self._ahead is None else self._ahead.take(s.sae_id, spec.name, ctx)
+        return found if found is not None else _values_of(spec, s, ctx)
 
     @torch.no_grad()
     def _group_values(
         self, spec: MetricSpec, group: Sequence[SaeLike], ctx: EvalContext
     ) -> dict[str, list[MetricValue]]:
         return dict(spec.factory({s.sae_id: s.sae for s in group}, ctx))
+
+
+def _values_of(spec: MetricSpec, s: SaeLike, ctx: EvalContext) -> list[MetricValue]:
+    return list(spec.factory(s.sae, ctx))
