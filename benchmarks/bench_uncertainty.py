@@ -7,7 +7,7 @@ pre-pass, stream, finish), then the ratios with/without. Target (issue #17): the
 time. On a shared machine, CPU time is the steadier number; both are printed with the load average.
 
     .venv/bin/python benchmarks/bench_uncertainty.py --sae ZOO/topk_k32 --sae ZOO/jumprelu \
-        --sae ZOO/standard_l1_coefficient4 [--metrics core,downstream,sparsity,norm,afa,concepts] [--tokens N]
+        --sae ZOO/standard_l1_coefficient2 [--metrics core,downstream,sparsity,norm,afa,concepts] [--tokens N]
 """
 
 from __future__ import annotations

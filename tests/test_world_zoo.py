@@ -13,7 +13,15 @@ from sae_lens import SAE
 
 from evalkit.world.build import build_world
 from evalkit.world.zoo import activation_scale, train_one, training_tokens
-from evalkit.world.zoo_recipe import L1_LR_FACTOR, ZOO_SIZES, ZooEntry, zoo_entries
+from evalkit.world.zoo_recipe import (
+    L1_LR_FACTOR,
+    PER_FEATURE_LR_FACTOR,
+    STANDARD_LR_FACTOR,
+    ZOO_SIZES,
+    ZooEntry,
+    size_entries,
+    zoo_entries,
+)
 from evalkit.world.zoo_train import levelled_off, read_curve
 
 # Architectures whose training forward pass equals the inference one (batch top-k differs by design).
@@ -34,7 +42,7 @@ def world(tmp_path_factory):
 
 def test_zoo_composition() -> None:
     zoo = ZOO_SIZES["default"]
-    entries = zoo_entries(zoo.d_sae_multiple * 128, zoo.steps, zoo.ks, cosine_ks=zoo.cosine_ks)
+    entries = size_entries(zoo, 128)
     archs = Counter(e.architecture for e in entries)
     for arch in (
         "standard",
@@ -65,10 +73,25 @@ def test_zoo_composition() -> None:
         seeds = Counter((json.dumps(e.params, sort_keys=True)) for e in entries if e.architecture == arch)
         assert max(seeds.values()) >= 3, arch
     assert len({e.name for e in entries}) == len(entries)
-    assert {"topk_k16_seed1", "batchtopk_k4", "matryoshka_k16", "cosine_k16_seed2"} <= {e.name for e in entries}
+    assert {"topk_k16_seed1", "batchtopk_k2", "matryoshka_k16", "cosine_k16_seed2"} <= {e.name for e in entries}
     # the L1-trained SAEs train at a lower learning rate (co-firing duplicate latents at the zoo's rate)
-    assert {e.lr_factor for e in entries if e.architecture in ("standard", "gated")} == {L1_LR_FACTOR}
-    assert {e.lr_factor for e in entries if e.architecture not in ("standard", "gated")} == {1.0}
+    assert {e.lr_factor for e in entries if e.architecture == "standard"} == {STANDARD_LR_FACTOR}
+    assert {e.lr_factor for e in entries if e.architecture == "gated"} == {L1_LR_FACTOR}
+    per_feature = [e for e in entries if e.params.get("per_feature")]
+    assert {e.lr_factor for e in per_feature} == {PER_FEATURE_LR_FACTOR}
+    others = [e for e in entries if e.architecture not in ("standard", "gated") and not e.params.get("per_feature")]
+    assert {e.lr_factor for e in others} == {1.0}
+    # per-family sweeps: each family's own k (so that all of them bracket the default matched FVU targets); the
+    # cosine SAEs train longer, every member of a seed group equally long
+    ks = {
+        a: sorted(e.params["k"] for e in entries if e.architecture == a and e.seed == 0)
+        for a in ("unit_enc_topk", "unit_enc_batchtopk", "aligned_topk")
+    }
+    assert ks["unit_enc_topk"] == list(zoo.ks) and ks["unit_enc_batchtopk"] == list(zoo.batchtopk_ks)
+    assert ks["aligned_topk"] == list(zoo.aligned_ks)
+    assert {e.steps for e in entries if e.architecture == "cosine"} == {zoo.cosine_steps}
+    assert {e.steps for e in entries if e.architecture != "cosine"} == {zoo.steps}
+    assert "standard_l1_coefficient0_5" in {e.name for e in entries}  # folder names without dots
     assert all(isinstance(e.params.get("k", 1), int) for e in entries)
 
 
@@ -78,7 +101,7 @@ def test_every_variant_trains_and_loads_with_sae_lens(world, tmp_path) -> None:
     assert c > 0
     zoo = replace(ZOO_SIZES["small"], steps=3)
     by_arch = {}
-    for entry in zoo_entries(zoo.d_sae_multiple * world.d_model, zoo.steps, zoo.ks):
+    for entry in size_entries(zoo, world.d_model):
         by_arch.setdefault((entry.architecture, bool(entry.params.get("per_feature"))), entry)
     x = acts[:256]
     for (arch, _), entry in by_arch.items():
@@ -198,7 +221,7 @@ def test_an_edited_recipe_is_a_new_cache_entry(world, tmp_path, monkeypatch) -> 
 
     monkeypatch.setitem(zoo.ZOO_SIZES, "one", replace(ZOO_SIZES["small"], steps=1))
     before = build_zoo(world, cache_dir=tmp_path, size="one")
-    original = zoo.zoo_entries
+    original = zoo.size_entries
 
     def edited(*args, **kwargs):
         return [
@@ -206,7 +229,7 @@ def test_an_edited_recipe_is_a_new_cache_entry(world, tmp_path, monkeypatch) -> 
             for e in original(*args, **kwargs)
         ]
 
-    monkeypatch.setattr(zoo, "zoo_entries", edited)
+    monkeypatch.setattr(zoo, "size_entries", edited)
     after = build_zoo(world, cache_dir=tmp_path, size="one")
     assert after != before
     assert json.loads((after / "zoo.json").read_text())["saes"][0]["params"]["l1_coefficient"] == 7.0
@@ -216,4 +239,4 @@ def test_zoo_records_how_each_sae_was_initialised() -> None:
     entries = {e.name: e for e in zoo_entries(d_sae=1024)}
     family = {"unit_enc_topk", "unit_enc_batchtopk", "unit_enc_matryoshka_batchtopk", "aligned_topk"}
     assert {e.architecture for e in entries.values() if e.outlier_init} == family
-    assert not entries["standard_l1_coefficient1"].outlier_init and not entries["cosine_k16"].outlier_init
+    assert not entries["standard_l1_coefficient2"].outlier_init and not entries["cosine_k16"].outlier_init

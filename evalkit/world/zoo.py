@@ -32,7 +32,7 @@ from evalkit.world.cache import cache_root, cached_entry
 from evalkit.world.zoo_init import init_from_data
 
 # The recipe (what the zoo holds, how each size trains) is data in zoo_recipe; re-exported here for callers.
-from evalkit.world.zoo_recipe import AFA_COEFFICIENTS, ZOO_SIZES, ZooEntry, ZooSize, zoo_entries
+from evalkit.world.zoo_recipe import AFA_COEFFICIENTS, ZOO_SIZES, ZooEntry, ZooSize, size_entries, zoo_entries
 from evalkit.world.zoo_train import CurveTrainer, record_training, write_curve
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,9 @@ log = logging.getLogger(__name__)
 # 7: d_sae 4 x d_model, batch 1024 at lr 2e-3, 1000 steps, dead window 100 steps, L1 SAEs at a quarter of the lr,
 # sweeps k 4/16/64 (TopK families and cosine), top-AFA afa 1/128, 1/64, 1/32. Held-out: max dead 40.5% -> 4.3%,
 # standard L1=16 duplicates 75% -> 24%, levelled off 3 -> 6 of 28, zoo build 716 -> 824 s CPU (docs/world.md)
-ZOO_VERSION = 7
+# 8: per-family sweeps (batch-top-k k 2/16/64, aligned top-k k 3/16/64), standard L1 0.5/2/16 at an eighth of the lr,
+# cosine SAEs 1,500 steps: five families bracket >= 3 of the default matched targets, explained variance 0.72-0.997
+ZOO_VERSION = 8
 # Inference parameters that live in activation units: they scale with c when the SAE moves to raw activations.
 PROBE_SEED = 3000
 SCALED_PARAMS = ("b_enc", "b_dec", "b_gate", "b_mag", "threshold")
@@ -210,7 +212,7 @@ def _train_all(folder: Path, world: World, zoo: ZooSize) -> None:
     all_ND = training_tokens(world)
     c = activation_scale(all_ND)  # from every token: the scale and saved units never depend on the cap
     n_train = int(ordinary_mask(all_ND, zoo.train_norm_cap).sum())
-    entries = zoo_entries(zoo.d_sae_multiple * world.d_model, zoo.steps, zoo.ks, cosine_ks=zoo.cosine_ks)
+    entries = size_entries(zoo, world.d_model)
     level = logging.getLogger().getEffectiveLevel()  # spawned workers start without the CLI's logging set-up
     jobs = [(entry, world, zoo, folder / entry.name, level) for entry in entries]
     if zoo.workers <= 1:
@@ -260,13 +262,20 @@ def build_zoo(world: World, cache_dir: Path | str | None = None, size: str | Non
     size = size or world.fingerprint.split(":")[1]
     zoo = ZOO_SIZES[size if size in ZOO_SIZES else "default"]
     # Every entry's recipe is in the key, so editing zoo_entries rebuilds the zoo; ZOO_VERSION covers training code.
-    entries = [
-        asdict(e) for e in zoo_entries(zoo.d_sae_multiple * world.d_model, zoo.steps, zoo.ks, cosine_ks=zoo.cosine_ks)
-    ]
+    entries = [asdict(e) for e in size_entries(zoo, world.d_model)]
     recipe = {k: v for k, v in asdict(zoo).items() if k != "workers"}  # the result does not depend on workers
     config = {"zoo_version": ZOO_VERSION, "world": world.fingerprint, **recipe, "entries": entries}
     root = cache_root(cache_dir) if cache_dir is not None else world.root.parent.parent
     return cached_entry(root, "zoo", config, lambda folder: _build_zoo(folder, world, zoo))
 
 
-__all__ = ["AFA_COEFFICIENTS", "ZOO_SIZES", "ZooEntry", "ZooSize", "build_zoo", "rescale_saved_sae", "zoo_entries"]
+__all__ = [
+    "AFA_COEFFICIENTS",
+    "ZOO_SIZES",
+    "ZooEntry",
+    "ZooSize",
+    "build_zoo",
+    "rescale_saved_sae",
+    "size_entries",
+    "zoo_entries",
+]

@@ -24,7 +24,8 @@ class ZooEntry:
     outlier_init: bool = False
     """Start orthogonal to the massive tokens' directions (evalkit.world.zoo_init); set for the TopK family."""
     lr_factor: float = 1.0
-    """Its learning rate as a multiple of ZooSize.lr (L1_LR_FACTOR for the L1-trained standard and gated SAEs)."""
+    """Its learning rate as a multiple of ZooSize.lr (STANDARD_LR_FACTOR / L1_LR_FACTOR for the L1-trained standard
+    and gated SAEs, PER_FEATURE_LR_FACTOR for the per-feature cosine SAE)."""
 
 
 # The TopK family gets the outlier-aware initialisation: on the first world without it batch-top-k k=16 ended with 75%
@@ -36,20 +37,33 @@ OUTLIER_INIT_ARCHITECTURES = frozenset(
 )
 
 
-STANDARD_L1 = (1.0, 4.0, 16.0)
+STANDARD_L1 = (0.5, 2.0, 16.0)
+"""The standard SAEs' L1 coefficients (at STANDARD_LR_FACTOR): FVU 0.014, 0.039 and 0.28 on the default world, so the
+family brackets the matched targets and reaches the high-FVU end (explained variance 0.72)."""
 L1_LR_FACTOR = 0.25
-"""L1-trained SAEs (standard, gated) train at a quarter of the zoo's learning rate. Why: at 2e-3 (batch 1024, d_sae 512)
-co-firing copies formed (pairs of latents with |cos| > 0.99 between decoder rows, Jaccard 0.8 between their firing
-sets, encoder cos 0.9): standard L1=4 had 51% of its latents in such pairs, L1=16 64%, gated 8%; at 5e-4 L1=4 had
-2.7% and L1=1 none. The L1 penalty is indifferent to splitting one feature over identical copies, so copies that the
-large early Adam steps pull onto one direction stay together; the L1 recipes train at low rates (Anthropic's April 2024
-update: 5e-5 at batch 4096 on unit-scale inputs)."""
+"""Gated SAEs train at a quarter of the zoo's learning rate, standard SAEs at an eighth (STANDARD_LR_FACTOR). Why: at
+2e-3 (batch 1024, d_sae 512) co-firing copies formed (pairs of latents with |cos| > 0.99 between decoder rows, Jaccard
+0.8 between their firing sets, encoder cos 0.9): standard L1=4 had 51% of its latents in such pairs, L1=16 64%, gated
+8%; at a quarter (5e-4) L1=4 had 2.9%, L1=16 24%, gated 0.4%; at an eighth (2.5e-4) standard L1=0.5 ... 16 have none.
+The L1 penalty is indifferent to splitting one feature over identical copies, so copies that the large early Adam
+steps pull onto one direction stay together; the L1 recipes train at low rates (Anthropic's April 2024 update: 5e-5 at
+batch 4096 on unit-scale inputs)."""
+STANDARD_LR_FACTOR = 0.125
+PER_FEATURE_LR_FACTOR = 2.0
+"""The per-feature cosine SAE trains at twice the zoo's learning rate. Its duplicate decoder pairs are rare latents
+(firing on ~0.1% of tokens, heavy-tail tokens ~7x the median norm) that fire together; unlike the L1 copies they
+grow with a lower rate: latents in pairs with |cos| > 0.99 at 1,000 steps 6.1% / 1.8% / 1.4% at half / one / twice the
+rate, at 1,500 steps 1.2% at one and 0.8% at twice the rate."""
 AFA_COEFFICIENTS = (1 / 128, 1 / 64, 1 / 32)
 """Three of the top-AFA reference's five afa_coeff values (1/128, 1/64, 1/32, 1/24, 1/16), spanning them."""
 
 
 def _sweep(prefix: str, arch: str, key: str, values: tuple[float, ...], steps: int, **extra: object) -> list[ZooEntry]:
-    return [ZooEntry(f"{prefix}_{key}{v:g}", arch, {key: v, **extra}, 0, steps) for v in values]  # type: ignore[dict-item]
+    # 0.5 -> "0_5": folder names without dots
+    return [
+        ZooEntry(f"{prefix}_{key}{v:g}".replace(".", "_"), arch, {key: v, **extra}, 0, steps)  # type: ignore[dict-item]
+        for v in values
+    ]
 
 
 def _seeds(prefix: str, arch: str, params: dict[str, object], seeds: tuple[int, ...], steps: int) -> list[ZooEntry]:
@@ -63,13 +77,23 @@ def zoo_entries(
     ks: tuple[int, ...] = (4, 16, 64),
     afa_coefficients: tuple[float, ...] = AFA_COEFFICIENTS,
     cosine_ks: tuple[int, ...] | None = None,
+    *,
+    batchtopk_ks: tuple[int, ...] | None = None,
+    aligned_ks: tuple[int, ...] | None = None,
+    cosine_steps: int | None = None,
 ) -> list[ZooEntry]:
     """The zoo of docs/world.md: every variant; sparsity sweeps for standard/topk/batchtopk/cosine/aligned topk and
     an AFA-coefficient sweep for top-AFA; 3 seeds for topk, aligned topk and cosine (at the middle k; seed 0 is
-    the sweep's own member). `steps` is each SAE's step budget (seed replicas included)."""
+    the sweep's own member). `ks` is the top-k sweep, and the default of the batch-top-k, aligned top-k and cosine
+    sweeps; `steps` is each SAE's step budget (seed replicas included), `cosine_steps` the cosine SAEs' (global
+    and per-feature; default `steps`)."""
     mid = ks[len(ks) // 2]
+    batchtopk_ks = batchtopk_ks or ks
+    aligned_ks = aligned_ks or ks
+    aligned_mid = aligned_ks[len(aligned_ks) // 2]
     cosine_ks = cosine_ks or ks
     cos_mid = cosine_ks[len(cosine_ks) // 2]
+    cosine_steps = cosine_steps or steps
     widths = [d_sae // 16, d_sae // 4, d_sae]
     # sae-lens rescales TopK latents by decoder norms by default; here that left ~1.5x more dead latents.
     plain = {"rescale_acts_by_decoder_norm": False}
@@ -80,12 +104,12 @@ def zoo_entries(
     unit_enc = {**plain, "decoder_init_norm": 0.3}
     entries = [
         *[
-            replace(e, lr_factor=L1_LR_FACTOR)
+            replace(e, lr_factor=STANDARD_LR_FACTOR)
             for e in _sweep("standard", "standard", "l1_coefficient", STANDARD_L1, steps)
         ],
         *_sweep("topk", "unit_enc_topk", "k", tuple(float(k) for k in ks), steps, **unit_enc),
         *_seeds("topk", "unit_enc_topk", {"k": mid, **unit_enc}, (1, 2), steps),
-        *_sweep("batchtopk", "unit_enc_batchtopk", "k", tuple(float(k) for k in ks), steps, **unit_enc),
+        *_sweep("batchtopk", "unit_enc_batchtopk", "k", tuple(float(k) for k in batchtopk_ks), steps, **unit_enc),
         ZooEntry(
             f"matryoshka_k{mid}",
             "unit_enc_matryoshka_batchtopk",
@@ -105,11 +129,18 @@ def zoo_entries(
             steps,
         ),
         ZooEntry("gated", "gated", {"l1_coefficient": 3.0}, 0, steps, lr_factor=L1_LR_FACTOR),
-        *_sweep("cosine", "cosine", "k", tuple(float(k) for k in cosine_ks), steps),
-        *_seeds("cosine", "cosine", {"k": cos_mid}, (1, 2), steps),
-        ZooEntry(f"cosine_perfeature_k{cos_mid}", "cosine", {"k": cos_mid, "per_feature": True}, 0, steps),
-        *_sweep("aligned_topk", "aligned_topk", "k", tuple(float(k) for k in ks), steps),
-        *_seeds("aligned_topk", "aligned_topk", {"k": mid}, (1, 2), steps),
+        *_sweep("cosine", "cosine", "k", tuple(float(k) for k in cosine_ks), cosine_steps),
+        *_seeds("cosine", "cosine", {"k": cos_mid}, (1, 2), cosine_steps),
+        ZooEntry(
+            f"cosine_perfeature_k{cos_mid}",
+            "cosine",
+            {"k": cos_mid, "per_feature": True},
+            0,
+            cosine_steps,
+            lr_factor=PER_FEATURE_LR_FACTOR,
+        ),
+        *_sweep("aligned_topk", "aligned_topk", "k", tuple(float(k) for k in aligned_ks), steps),
+        *_seeds("aligned_topk", "aligned_topk", {"k": aligned_mid}, (1, 2), steps),
         # Top-AFA trained with its AFA loss, as the reference's experiments (afa_coeff 1/128 ... 1/16); its
         # config default 0.0 is plain top-k-by-norm training, not a top-AFA run.
         *[ZooEntry(f"topafa_afa{_frac(a)}", "topafa", {"afa_loss_coefficient": a}, 0, steps) for a in afa_coefficients],
@@ -151,9 +182,20 @@ class ZooSize:
     probe_tokens: int = 2048
     """Fixed tokens on which the training objective is evaluated every 50 steps for the levelling-off criterion."""
     ks: tuple[int, ...] = (4, 16, 64)
-    """k of the TopK families' sweeps (topk, batch-top-k, aligned top-k); seeds and matryoshka at the middle one."""
+    """k of the top-k sweep (and of the other sweeps left at None); seeds and matryoshka at the middle one."""
+    batchtopk_ks: tuple[int, ...] | None = (2, 16, 64)
+    """k of the batch-top-k sweep (default: `ks`). k=2, not 4: at k=4 the family ended at FVU 0.010 and bracketed no
+    default matched target; k=2 reaches 0.028 with 1.6% dead latents."""
+    aligned_ks: tuple[int, ...] | None = (3, 16, 64)
+    """k of the aligned top-k sweep (default: `ks`); seeds at the middle one. k=3: FVU 0.019, 1.6% dead (k=4: 0.010;
+    k=2: 65% dead). Top-k itself stays at k=4 (FVU 0.020): at k=3 26% of its latents died (the auxiliary-k
+    coefficient, a per-token auxiliary residual and lower learning rates left 26-31%)."""
     cosine_ks: tuple[int, ...] | None = (4, 16, 64)
     """k of the cosine sweep (default: `ks`); seeds and the per-feature cosine SAE at the middle one."""
+    cosine_steps: int | None = 1500
+    """The cosine SAEs' step budget (default: `steps`). At 1,000 steps they were the furthest from levelling off (probe
+    loss still falling 2-9% per 10% window) and k=4 ended at FVU 0.037, k=16 at 0.014 with 4.3% / 2% dead latents;
+    at 1,500: 0.025 and 0.011 with 1.0% / 0.6%."""
     dead_window: int = 100
     """Steps without firing after which a latent counts as dead for the auxiliary-k loss. 100 steps of 1,024 tokens:
     at 20 steps the aux loss also pulled rare but live latents toward the residual, which the heavy-tail tokens
@@ -178,8 +220,24 @@ ZOO_SIZES = {
         batch_size=64,
         lr=1e-3,
         ks=(4, 8, 12),
+        batchtopk_ks=None,
+        aligned_ks=None,
         cosine_ks=None,
+        cosine_steps=None,
         dead_window=20,
         probe_tokens=128,
     ),
 }
+
+
+def size_entries(zoo: ZooSize, d_model: int) -> list[ZooEntry]:
+    """The entries one zoo size trains (d_sae = d_sae_multiple x d_model)."""
+    return zoo_entries(
+        zoo.d_sae_multiple * d_model,
+        zoo.steps,
+        zoo.ks,
+        cosine_ks=zoo.cosine_ks,
+        batchtopk_ks=zoo.batchtopk_ks,
+        aligned_ks=zoo.aligned_ks,
+        cosine_steps=zoo.cosine_steps,
+    )
