@@ -23,13 +23,13 @@ import time
 from pathlib import Path
 
 import torch
+from bench_sources import hooked_model_source
 from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
 from sae_lens.evals import EvalConfig, run_evals
 from sae_lens.saes.sae import SAE, SAEMetadata
 from sae_lens.training.activation_scaler import ActivationScaler
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from evalkit.core.batch import ActivationBatch
 from evalkit.engine.runconfig import DataSource, EvalSettings, SaeLike, handle_from_sae
 from evalkit.engine.runner import Runner
 from evalkit.engine.store import ResultStore
@@ -76,24 +76,7 @@ def bench_tokens(n_tokens: int, d_vocab: int) -> torch.Tensor:
 
 
 def evalkit_source(model: HookedTransformer, tokens: torch.Tensor) -> DataSource:
-    layer = int(HOOK.split(".")[1])
-
-    def batches():  # noqa: ANN202 - a generator of ActivationBatch
-        for i in range(0, tokens.shape[0], BATCH_SEQS):
-            t_BS = tokens[i : i + BATCH_SEQS]
-            with torch.no_grad():  # the residual entering block `layer` is blocks.{layer}.hook_resid_pre
-                acts_BSD = model(t_BS, stop_at_layer=layer)
-            yield ActivationBatch(acts_BSD, torch.arange(SEQ_LEN).expand_as(t_BS).clone(), t_BS == BOS, t_BS)
-
-    return DataSource(
-        batches,
-        {"kind": "bench", "n_seq": tokens.shape[0]},
-        model=model,
-        hook_name=HOOK,
-        fingerprint=f"bench:{tokens.shape[0]}",
-        has_tokens=True,
-        label_names=(),
-    )
+    return hooked_model_source(model, tokens, HOOK, BATCH_SEQS, BOS, "bench")
 
 
 def run_evalkit(model: HookedTransformer, saes: list[SAE], tokens: torch.Tensor) -> float:

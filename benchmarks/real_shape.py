@@ -8,15 +8,15 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from bench_sources import hooked_model_source
 from sae_lens import StandardSAE, StandardSAEConfig
 from sae_lens.saes.sae import SAE, SAEMetadata
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from evalkit.core.batch import ActivationBatch
 from evalkit.engine.runconfig import DataSource, EvalSettings, SaeLike
 from evalkit.engine.runner import Runner
 from evalkit.engine.store import ResultStore
@@ -123,22 +123,7 @@ def calibrated_saes(n: int, d_in: int, d_sae: int, acts_ND: torch.Tensor, seed: 
 
 
 def model_source(model: HookedTransformer, tokens: torch.Tensor) -> DataSource:
-    def batches() -> Iterator[ActivationBatch]:
-        for i in range(0, tokens.shape[0], BATCH_SEQS):
-            t_BS = tokens[i : i + BATCH_SEQS]
-            with torch.no_grad():
-                acts_BSD = model(t_BS, stop_at_layer=LAYER)
-            yield ActivationBatch(acts_BSD, torch.arange(SEQ_LEN).expand_as(t_BS).clone(), t_BS == BOS, t_BS)
-
-    return DataSource(
-        batches,
-        {"kind": "bench", "n_seq": tokens.shape[0]},
-        model=model,
-        hook_name=HOOK,
-        fingerprint=f"bench-real:{tokens.shape[0]}",
-        has_tokens=True,
-        label_names=(),
-    )
+    return hooked_model_source(model, tokens, HOOK, BATCH_SEQS, BOS, "bench-real")
 
 
 def run_evalkit(handles: list[SaeLike], source: DataSource, metrics: str, out: Path | None = None) -> Runner:
