@@ -23,7 +23,7 @@ import torch
 
 from evalkit.core.io import atomic_write_bytes
 from evalkit.core.records import EvalContext, MetricValue, ResultKey
-from evalkit.engine.keys import _config_hash, _data_key, _unmet
+from evalkit.engine.keys import _data_key
 from evalkit.engine.passes import HookData, data_stats
 from evalkit.engine.runconfig import DataSource, EvalSettings, SaeLike
 from evalkit.engine.runner import Runner, RunOutcome, SaeResult
@@ -241,14 +241,7 @@ class DistributedRunner(Runner):
 
     def _prefetch_weights(self, members: Sequence[SaeLike], data: HookData, grouped_ids: set[str]) -> None:
         """Every uncached weights metric of these SAEs as executor tasks, at once."""
-        jobs = []
-        for s in members:
-            for spec in (sp for sp in self.specs if sp.kind == "weights"):
-                if _unmet(spec, data, s.sae_id in grouped_ids):
-                    continue
-                key = ResultKey(s.content_hash, spec.name, _config_hash(spec, self.settings, data))
-                if self.settings.force or not self.store.has(key):
-                    jobs.append((s.sae_id, spec.name, data.ctx))
+        jobs = [(s.sae_id, spec.name, data.ctx) for s, spec in self._uncomputed_weights(members, data, grouped_ids)]
         for (sid, entry, _), values in zip(jobs, self.executor.run_weights(jobs), strict=True):
             self._weights[(sid, entry)] = values
 

@@ -250,18 +250,29 @@ class Runner:
     def _start_weights(self, members: Sequence[SaeLike], data: HookData, grouped_ids: set[str]) -> WeightsAhead | None:
         """The uncomputed weights metrics of `members`, started on a side thread (evalkit.engine.ahead) to run
         beside the pass; only on data a pre-pass has fixed, so their keys and context are the finish phase's."""
-        if not data.prepassed:
+        jobs = self._uncomputed_weights(members, data, grouped_ids) if data.prepassed else []
+        if not jobs:
             return None
-        ahead = None
-        for s in members:
-            for spec in (sp for sp in self.specs if sp.kind == "weights"):
-                if _unmet(spec, data, s.sae_id in grouped_ids):
-                    continue
-                key = ResultKey(s.content_hash, spec.name, _config_hash(spec, self.settings, data))
-                if self.settings.force or not self._peek(key):
-                    ahead = ahead or WeightsAhead()
-                    ahead.submit(s.sae_id, spec.name, data.ctx, functools.partial(_values_of, spec, s, data.ctx))
+        ahead = WeightsAhead()
+        for s, spec in jobs:
+            ahead.submit(s.sae_id, spec.name, data.ctx, functools.partial(_values_of, spec, s, data.ctx))
         return ahead
+
+    def _uncomputed_weights(
+        self, members: Sequence[SaeLike], data: HookData, grouped_ids: set[str]
+    ) -> list[tuple[SaeLike, MetricSpec]]:
+        """The weights metrics of `members` that apply and have no stored result (all that apply with --force)."""
+        return [
+            (s, spec)
+            for s in members
+            for spec in self.specs
+            if spec.kind == "weights"
+            and not _unmet(spec, data, s.sae_id in grouped_ids)
+            and (
+                self.settings.force
+                or not self._peek(ResultKey(s.content_hash, spec.name, _config_hash(spec, self.settings, data)))
+            )
+        ]
 
     def _pass_and_finish(
         self,
