@@ -1,6 +1,7 @@
 """Benchmark at GPT-2 small's shape: evalkit against the floor and against sae-lens `run_evals`; memory; output sizes.
 
     .venv/bin/python benchmarks/bench_real.py [--part speed,memory,sizes] [--n-tokens 4096] [--n-saes 4]
+        [--device cuda] [--dtype bfloat16]
 
 speed   A HookedTransformer with GPT-2 small's exact shape (12 layers, d_model 768, 50,257-token vocabulary, random
         weights), hook blocks.8.hook_resid_pre, N standard SAEs of d_sae 24,576 whose biases are calibrated to an
@@ -12,7 +13,8 @@ speed   A HookedTransformer with GPT-2 small's exact shape (12 layers, d_model 7
                   core+downstream+sparsity <= 1.25x, all groups <= 2x), with the peak anonymous memory of each;
           sae-lens run_evals (CE/KL, reconstruction, sparsity) on the same SAEs and tokens, and evalkit's ratio to it.
         Wall and CPU time (user+sys of this process) are both printed, and the load average: the machine may be
-        shared, so compare ratios measured in the same run.
+        shared, so compare ratios measured in the same run. `--device cuda` (and `--dtype bfloat16`) runs the model,
+        the SAEs and evalkit there, every timed block synchronised; tokens/s is then the figure to quote.
 memory  Anonymous resident memory (RssAnon, sampled every 20 ms: not the pages of the memory-mapped activation file)
         of `evalkit run`'s engine on precomputed activations with two 24,576-latent SAEs, core+sparsity, at two token
         counts, each in a fresh process.
@@ -49,6 +51,7 @@ from real_shape import (
     load_line,
     log,
     model_source,
+    place,
     run_evalkit,
     timed,
     token_rows,
@@ -108,20 +111,32 @@ def run_saelens(model: HookedTransformer, saes: list[SAE], tokens: torch.Tensor)
     )
 
 
-def speed(n_saes: int, n_tokens: int, group_sets: list[str], saelens_saes: int, floor_each: bool = False) -> None:
+def speed(
+    n_saes: int,
+    n_tokens: int,
+    group_sets: list[str],
+    saelens_saes: int,
+    floor_each: bool = False,
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> None:
     """`floor_each`: measure the floor again after every group set, and give each set's multiple against the mean
-    of the floors just before and after it (on a shared machine the load changes within minutes)."""
+    of the floors just before and after it (on a shared machine the load changes within minutes). `device` and
+    `dtype` place the model and the SAEs (calibrated on the CPU in float32 first) for every row."""
     torch.manual_seed(0)
     model = gpt2_small_shape()
     tokens = token_rows(n_tokens)
     saes = calibrated_saes(n_saes, D_MODEL, D_SAE, hook_acts(model, tokens[:16]).flatten(0, 1))
+    place(model, saes, device, dtype)
     handles: list[SaeLike] = [handle_from_sae(s, f"sae{i}") for i, s in enumerate(saes)]
     log.info(
-        "speed: %d SAEs d_sae %d, %d tokens at %s, torch threads %d",
+        "speed: %d SAEs d_sae %d, %d tokens at %s, %s %s, torch threads %d",
         n_saes,
         D_SAE,
         tokens.numel(),
         HOOK,
+        device,
+        dtype,
         torch.get_num_threads(),
     )
     load_metric_modules()  # imports (scikit-learn, scipy) are not evaluation time
@@ -140,7 +155,7 @@ def speed(n_saes: int, n_tokens: int, group_sets: list[str], saelens_saes: int, 
     for name in group_sets:
         w0, c0 = time.perf_counter(), cpu_s()
         with PeakAnon() as peak:
-            runner = run_evalkit(handles, model_source(model, tokens), GROUP_SETS[name])
+            runner = run_evalkit(handles, model_source(model, tokens), GROUP_SETS[name], device=device, dtype=dtype)
         w, c = time.perf_counter() - w0, cpu_s() - c0
         outcome = runner.outcome  # type: ignore[attr-defined]
         l0 = [v.value for r in outcome.results for sh in r.shards for v in sh.values if v.metric == "l0"]
@@ -275,6 +290,10 @@ def main() -> None:
     parser.add_argument(
         "--floor-each", action="store_true", help="measure the floor again after each group set (a shared machine)"
     )
+    parser.add_argument("--device", default="cpu", help="the speed part's device, e.g. cuda (default cpu)")
+    parser.add_argument(
+        "--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="the speed part's dtype"
+    )
     parser.add_argument("--memory-tokens", default="50000,200000", help="token counts of the memory part")
     parser.add_argument("--sizes-tokens", type=int, default=4096)
     parser.add_argument("--memory-worker", type=int, default=None, help=argparse.SUPPRESS)
@@ -290,7 +309,7 @@ def main() -> None:
     if "speed" in parts:
         group_sets = [g.strip() for g in args.group_sets.split(",") if g.strip()]
         saelens_saes = args.n_saes if args.saelens_saes is None else args.saelens_saes
-        speed(args.n_saes, args.n_tokens, group_sets, saelens_saes, args.floor_each)
+        speed(args.n_saes, args.n_tokens, group_sets, saelens_saes, args.floor_each, args.device, args.dtype)
     if "memory" in parts:
         memory([int(t) for t in args.memory_tokens.split(",")])
     if "sizes" in parts:

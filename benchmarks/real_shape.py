@@ -65,10 +65,18 @@ def cpu_s() -> float:
     return t.user + t.system
 
 
+def sync() -> None:
+    """Wait for queued GPU work, so a timed block ends when its kernels do (nothing on a CPU-only run)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def timed(fn: Callable[[], object]) -> tuple[float, float]:
-    """(wall s, cpu s) of one call."""
+    """(wall s, cpu s) of one call (GPU work included: synchronised before and after)."""
+    sync()
     w0, c0 = time.perf_counter(), cpu_s()
     fn()
+    sync()
     return time.perf_counter() - w0, cpu_s() - c0
 
 
@@ -122,11 +130,26 @@ def calibrated_saes(n: int, d_in: int, d_sae: int, acts_ND: torch.Tensor, seed: 
     return saes
 
 
+def place(model: HookedTransformer, saes: list[SAE], device: str, dtype: str) -> None:
+    """Move the model and the SAEs to `device` and `dtype` (as `evalkit run --device --dtype` loads them)."""
+    model.to(device)
+    model.to(getattr(torch, dtype))
+    for sae in saes:
+        sae.to(device=device, dtype=getattr(torch, dtype))
+
+
 def model_source(model: HookedTransformer, tokens: torch.Tensor) -> DataSource:
     return hooked_model_source(model, tokens, HOOK, BATCH_SEQS, BOS, "bench-real")
 
 
-def run_evalkit(handles: list[SaeLike], source: DataSource, metrics: str, out: Path | None = None) -> Runner:
+def run_evalkit(
+    handles: list[SaeLike],
+    source: DataSource,
+    metrics: str,
+    out: Path | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> Runner:
     load_metric_modules()
     # The decoder Gram summary is kept per SAE object for the metrics of one run; every run timed here pays for
     # its own (before this, a group set after `+afa` reused its summary and looked ~0.3x the floor cheaper).
@@ -134,10 +157,11 @@ def run_evalkit(handles: list[SaeLike], source: DataSource, metrics: str, out: P
     with tempfile.TemporaryDirectory() as tmp:
         runner = Runner(
             ResultStore(out or Path(tmp)),
-            EvalSettings(batch_size=BATCH_SEQS * SEQ_LEN, force=True),
+            EvalSettings(batch_size=BATCH_SEQS * SEQ_LEN, force=True, device=device, dtype=dtype),
             select_metrics(metrics),
         )
         runner.outcome = runner.run(handles, {HOOK: source})  # type: ignore[attr-defined]
+        sync()
     return runner
 
 
