@@ -21,14 +21,7 @@ from pathlib import Path
 import torch
 
 from evalkit.world.build import build_world
-from evalkit.world.zoo import (
-    ZOO_SIZES,
-    activation_scale,
-    ordinary_mask,
-    size_entries,
-    train_one,
-    training_tokens,
-)
+from evalkit.world.zoo import ZOO_SIZES, size_entries, train_one, training_set, training_tokens
 
 log = logging.getLogger("zoo_levelling")
 
@@ -45,9 +38,7 @@ def main() -> None:
     world = build_world(args.cache_dir, args.size)
     zoo = ZOO_SIZES[args.size if args.size in ZOO_SIZES else "default"]
     entries = {e.name: e for e in size_entries(zoo, world.d_model)}
-    all_ND = training_tokens(world)
-    c = activation_scale(all_ND)
-    acts_ND = all_ND[ordinary_mask(all_ND, zoo.train_norm_cap)].contiguous()
+    acts_ND, c = training_set(training_tokens(world), zoo)
     head = f"{'SAE':<24} {'steps':>7} {'tokens':>11} {'train s':>8} {'probe loss':>11} {'last window':>12} levelled"
     rows = [head]
     for name in args.entries.split(","):

@@ -83,6 +83,12 @@ def _batches(acts_ND: torch.Tensor, batch_size: int, seed: int, on_step: object)
             yield acts_ND[order[i : i + batch_size]]
 
 
+def training_set(all_ND: torch.Tensor, zoo: ZooSize) -> tuple[torch.Tensor, float]:
+    """(the tokens a zoo SAE trains on: `zoo.train_norm_cap` applied, c) for the world's tokens `all_ND`; c comes from
+    every token, so the scale and the saved units never depend on the cap."""
+    return all_ND[ordinary_mask(all_ND, zoo.train_norm_cap)].contiguous(), activation_scale(all_ND)
+
+
 def probe_tokens(scaled_ND: torch.Tensor, zoo: ZooSize) -> torch.Tensor:
     """The fixed tokens every SAE's training objective is probed on (zoo_train.CurveTrainer): the same for all SAEs."""
     order = torch.randperm(len(scaled_ND), generator=torch.Generator().manual_seed(PROBE_SEED))
@@ -242,9 +248,7 @@ def _train_job(
     if key not in _TOKENS:
         _TOKENS.clear()
         _TOKENS[key] = training_tokens(world)
-    all_ND = _TOKENS[key]
-    c = activation_scale(all_ND)
-    acts_ND = all_ND[ordinary_mask(all_ND, zoo.train_norm_cap)].contiguous()
+    acts_ND, c = training_set(_TOKENS[key], zoo)
     log.info("zoo: training %s (%s, %d steps)", entry.name, entry.architecture, entry.steps)
     record = train_one(entry, acts_ND, c, world, zoo, out)[0]
     log.info(
@@ -277,5 +281,7 @@ __all__ = [
     "build_zoo",
     "rescale_saved_sae",
     "size_entries",
+    "train_one",
+    "training_set",
     "zoo_entries",
 ]
